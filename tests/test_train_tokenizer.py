@@ -1,0 +1,65 @@
+"""train.py on the tokenizer stage, through real DeepSpeed on CPU: exact resume, run-directory safety, export."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.helpers import CONFIGS, metrics, train
+from tokenizer.io import load_tokenizer
+
+CONFIG = CONFIGS / "tokenizer_tiny.yaml"
+
+
+def tiny_sets(shapes_dataset: Path, steps: int) -> list[str]:
+    """A 32x32, 64-code tokenizer on four built-in clips: a few hundred ms a step."""
+    return [f"data.sources=[{shapes_dataset}]", "data.heldout=[]", "data.frames_per_video=4",
+            "tokenizer.image_size=32", "tokenizer.codebook_size=64", "tokenizer.usage_window=1024",
+            f"train.steps={steps}", "train.micro_batch=4", "train.warmup_steps=2", "train.log_every=1",
+            "train.save_every=3", "train.keep_checkpoints=2"]
+
+
+def weights(run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "checkpoints" / tag / "export" / "model.safetensors"))
+
+
+def test_resume_continues_exactly(tmp_path, shapes_dataset):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(CONFIG, straight, tiny_sets(shapes_dataset, 6))
+    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6) + ["train.steps=3"])
+    assert (resumed / "checkpoints" / "latest").read_text() == "step-00000003"
+    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6), extra=["--resume"])
+
+    assert metrics(straight) == metrics(resumed)  # the same losses, step for step, exactly
+    a, b = weights(straight, "step-00000006"), weights(resumed, "step-00000006")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # rotation kept the newest two checkpoints; the final export loads strictly and encodes
+    assert sorted(p.name for p in (straight / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
+    model = load_tokenizer(straight / "model")
+    codes = model.encode(torch.zeros(1, 2, 3, 32, 32))
+    assert codes.shape == (1, 2, 4, 4) and codes.dtype == torch.int64
+
+
+def test_run_directory_is_never_overwritten_silently(tmp_path, shapes_dataset):
+    run = tmp_path / "run"
+    train(CONFIG, run, tiny_sets(shapes_dataset, 1))
+    again = train(CONFIG, run, tiny_sets(shapes_dataset, 1), check=False)
+    assert again.returncode != 0 and "already holds a run" in again.stderr + again.stdout
+    changed = train(CONFIG, run, tiny_sets(shapes_dataset, 1) + ["train.lr=0.1"], extra=["--resume"], check=False)
+    assert changed.returncode != 0 and "train.lr: 0.0004 -> 0.1" in changed.stderr + changed.stdout
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    refused = train(CONFIG, stranger, tiny_sets(shapes_dataset, 1), check=False)
+    assert refused.returncode != 0 and "holds no cogvideo_lite run" in refused.stderr + refused.stdout
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_key_fails_before_any_work(tmp_path, shapes_dataset):
+    result = train(CONFIG, tmp_path / "run", tiny_sets(shapes_dataset, 1) + ["tokenizer.codebok_size=3"], check=False)
+    assert result.returncode != 0
+    assert "tokenizer.codebok_size: unknown key" in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,239 @@
+"""Generator: masks respected (brute force over positions), initialisation, KV cache, loss, parameter groups."""
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
+from cogvideo_lite.model.masks import stage_masks, stage_plan, with_text_padding
+from cogvideo_lite.model.transformer import Generator, stage_loss
+
+LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)
+CONFIG = GeneratorConfig(dim=32, depth=2, heads=2)
+BOI_ID = 3
+TEXT_PAD = torch.tensor([[True, True, False, False], [False, False, False, False]])
+
+
+def make_model(config: GeneratorConfig = CONFIG, dtype: torch.dtype = torch.float64, seed: int = 0) -> Generator:
+    torch.manual_seed(seed)
+    return Generator(config, LAYOUT).to(dtype).eval()
+
+
+def make_tokens(layout: SequenceLayout, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, 20, (2, layout.text_length), generator=generator)
+    codes = torch.randint(0, 16, (2, layout.num_frames, *layout.grid), generator=generator)
+    return layout.assemble(text, torch.tensor([5, 6]), codes, BOI_ID)
+
+
+def set_mixing(model: Generator, value: float) -> None:
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attention.mixing.fill_(value)
+
+
+def reachable(step: torch.Tensor, depth: int) -> torch.Tensor:
+    """(S, S) bool: query q depends on token p through at most `depth` attention layers (residual included)."""
+    step = step | torch.eye(step.shape[0], dtype=torch.bool)
+    reach = torch.eye(step.shape[0], dtype=torch.bool)
+    for _ in range(depth):
+        reach = (reach.double() @ step.double()) > 0
+    return reach
+
+
+# ------------------------------------------------------------------ masks respected, brute force
+CHANNEL_CASES = [("image", "spatial"), ("keyframe", "spatial"), ("keyframe", "temporal"), ("keyframe", "mixed"),
+                 ("interpolate", "spatial"), ("interpolate", "temporal"), ("interpolate", "mixed")]
+MIXING_FOR_CHANNEL = {"spatial": 1e4, "temporal": -1e4, "mixed": 0.0}  # sigmoid: exactly 1, 0, 0.5
+
+
+@pytest.mark.parametrize("stage, channel", CHANNEL_CASES)
+def test_changing_a_token_changes_exactly_the_logits_allowed_to_see_it(stage, channel):
+    layout = LAYOUT.with_frames(1) if stage == "image" else LAYOUT
+    model = make_model()
+    set_mixing(model, MIXING_FOR_CHANNEL[channel])
+    masks = stage_masks(layout, stage)
+    step = {"spatial": masks.spatial, "temporal": masks.temporal,
+            "mixed": masks.spatial | (masks.temporal if masks.temporal is not None else masks.spatial)}[channel]
+    tokens = make_tokens(layout)
+    with torch.no_grad():
+        reference = model(tokens, TEXT_PAD, stage)
+        for position in range(layout.seq_length):
+            changed_tokens = tokens.clone()
+            changed_tokens[:, position] = (tokens[:, position] + 7) % layout.vocab_size
+            difference = (model(changed_tokens, TEXT_PAD, stage) - reference).abs().amax(dim=-1)  # (B, S)
+            for sample in range(2):
+                allowed = with_text_padding(step, TEXT_PAD[sample:sample + 1])[0, 0]
+                expected = reachable(allowed, CONFIG.depth)[:, position]
+                assert torch.equal(difference[sample] > 1e-9, expected), (sample, position)
+                assert (difference[sample][~expected] == 0).all()
+
+
+# ------------------------------------------------------------------ initialisation
+def test_mixing_starts_at_half_and_temporal_channel_is_a_copy_of_spatial():
+    model = make_model(dtype=torch.float32)
+    for block in model.blocks:
+        attention = block.attention
+        assert torch.equal(torch.sigmoid(attention.mixing), torch.full((CONFIG.dim,), 0.5))
+        assert torch.equal(attention.temporal_qkv.weight, attention.spatial_qkv.weight)
+        assert torch.equal(attention.temporal_qkv.bias, attention.spatial_qkv.bias)
+        assert torch.equal(attention.temporal_proj.weight, attention.spatial_proj.weight)
+    assert not model.frame_embedding.any()
+
+
+def test_fresh_keyframe_model_equals_image_model_on_frame_zero():
+    model = make_model()
+    video_tokens = make_tokens(LAYOUT)
+    image_length = LAYOUT.with_frames(1).seq_length
+    with torch.no_grad():
+        image_logits = model(video_tokens[:, :image_length], TEXT_PAD, "image")
+        keyframe_logits = model(video_tokens, TEXT_PAD, "keyframe")[:, :image_length]
+    torch.testing.assert_close(keyframe_logits, image_logits, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ KV cache
+@pytest.mark.parametrize("stage", ["image", "keyframe", "interpolate"])
+def test_cached_chunks_equal_uncached_forward(stage):
+    layout = LAYOUT.with_frames(1) if stage == "image" else LAYOUT
+    model = make_model(dtype=torch.float32)
+    set_mixing(model, 0.3)  # away from the symmetric start
+    tokens = make_tokens(layout)
+    known = layout.prefix_length + len(stage_plan(layout, stage).given_slots) * layout.slot_length
+    cuts = sorted({0, known, known + 2, known + 3, layout.seq_length - 1, layout.seq_length})
+    cache = model.new_cache(2, layout.num_frames, stage)
+    with torch.no_grad():
+        full = model(tokens, TEXT_PAD, stage)
+        chunks = [model(tokens[:, start:stop], TEXT_PAD, stage, cache=cache) for start, stop in zip(cuts, cuts[1:])]
+    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-5)
+    assert cache.length == layout.seq_length
+
+
+def test_cache_rejects_overflow_and_wrong_stage():
+    model = make_model()
+    tokens = make_tokens(LAYOUT)
+    cache = model.new_cache(2, LAYOUT.num_frames, "keyframe")
+    with pytest.raises(ValueError, match="made for stage 'keyframe'"):
+        model(tokens[:, :3], TEXT_PAD, "interpolate", cache=cache)
+    with pytest.raises(ValueError, match="ends at position 3, inside a bidirectional region"):
+        model(tokens[:, :3], TEXT_PAD, "keyframe", cache=cache)
+    given_frames = model.new_cache(2, LAYOUT.num_frames, "interpolate")
+    with pytest.raises(ValueError, match="ends at position 7, inside a bidirectional region"):
+        model(tokens[:, :7], TEXT_PAD, "interpolate", cache=given_frames)
+    model(tokens, TEXT_PAD, "keyframe", cache=cache)
+    with pytest.raises(ValueError, match="exceeds the sequence length"):
+        model(tokens[:, :1], TEXT_PAD, "keyframe", cache=cache)
+
+
+# ------------------------------------------------------------------ loss and training
+def test_stage_loss_equals_per_code_cross_entropy():
+    model = make_model()
+    tokens = make_tokens(LAYOUT)
+    with torch.no_grad():
+        logits = model(tokens, TEXT_PAD, "interpolate")
+    loss_slots = stage_plan(LAYOUT, "interpolate").loss_slots
+    terms = []
+    for sample in range(2):
+        for slot in loss_slots:
+            for index in range(LAYOUT.tokens_per_frame):
+                target_position = LAYOUT.slot_start(slot) + 1 + index
+                log_probabilities = logits[sample, target_position - 1].log_softmax(dim=-1)
+                terms.append(-log_probabilities[tokens[sample, target_position] - LAYOUT.image_offset])
+    expected = torch.stack(terms).mean()
+    torch.testing.assert_close(stage_loss(logits, tokens, LAYOUT, loss_slots), expected, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="not image codes"):
+        stage_loss(logits, tokens.roll(1, dims=1), LAYOUT, loss_slots)
+
+
+def train_steps(model: Generator, parameters, tokens: torch.Tensor, stage: str, steps: int) -> list[float]:
+    optimizer = torch.optim.Adam(parameters, lr=3e-3)
+    loss_slots = stage_plan(LAYOUT, stage).loss_slots
+    losses = []
+    for _ in range(steps):
+        loss = stage_loss(model(tokens, TEXT_PAD, stage), tokens, LAYOUT, loss_slots)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    model = make_model(dtype=torch.float32).train()
+    losses = train_steps(model, model.parameters(), make_tokens(LAYOUT), "keyframe", 50)
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_video_stage_training_leaves_spatial_parameters_bit_identical():
+    model = make_model(dtype=torch.float32).train()
+    spatial_before = {name: tensor.clone() for name, tensor in model.state_dict().items()
+                      if name in set(model.spatial_parameter_names())}
+    temporal_before = model.temporal_state_dict()
+    model.freeze_spatial()
+    parameters = dict(model.named_parameters())
+    train_steps(model, [parameters[name] for name in model.temporal_parameter_names()],
+                make_tokens(LAYOUT), "interpolate", 3)
+    for name, before in spatial_before.items():
+        assert torch.equal(parameters[name], before), name
+        assert parameters[name].grad is None, name
+    for name, before in temporal_before.items():
+        assert not torch.equal(parameters[name], before), name
+
+
+def test_parameter_groups_partition_the_model_and_temporal_state_round_trips():
+    model = make_model()
+    temporal, spatial = model.temporal_parameter_names(), model.spatial_parameter_names()
+    assert sorted(temporal + spatial) == sorted(name for name, _ in model.named_parameters())
+    assert set(temporal) == {"frame_embedding"} | {
+        f"blocks.{layer}.attention.{part}" for layer in range(CONFIG.depth)
+        for part in ("temporal_qkv.weight", "temporal_qkv.bias", "temporal_proj.weight", "temporal_proj.bias",
+                     "mixing")}
+    with torch.no_grad():
+        model.frame_embedding.normal_()
+    other = make_model(seed=5)
+    other.load_temporal_state_dict(model.temporal_state_dict())
+    for name, tensor in model.temporal_state_dict().items():
+        assert torch.equal(other.temporal_state_dict()[name], tensor)
+    with pytest.raises(KeyError, match="missing \\['frame_embedding'\\]"):
+        other.load_temporal_state_dict({name: tensor for name, tensor in model.temporal_state_dict().items()
+                                        if name != "frame_embedding"})
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    tokens = make_tokens(LAYOUT)
+    gradients = []
+    for checkpointing in (False, True):
+        config = GeneratorConfig(dim=32, depth=2, heads=2, activation_checkpointing=checkpointing)
+        model = make_model(config).train()
+        loss = stage_loss(model(tokens, TEXT_PAD, "keyframe"), tokens, LAYOUT, (1, 2, 3, 4))
+        loss.backward()
+        gradients.append([parameter.grad for parameter in model.parameters()])
+    for plain, recomputed in zip(*gradients):
+        torch.testing.assert_close(recomputed, plain, rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ configuration and imports
+def test_config_validation_names_every_bad_key():
+    with pytest.raises(ValueError) as error:
+        GeneratorConfig(dim=30, depth=0, heads=4, dropout=1.5, temporal_window=(1, 2))
+    message = str(error.value)
+    for fragment in ("depth=0", "dropout=1.5", "temporal_window=(1, 2)"):
+        assert fragment in message
+    with pytest.raises(ValueError, match="dim=30 is not divisible by heads=4"):
+        GeneratorConfig(dim=30, depth=1, heads=4)
+    assert GeneratorConfig(dim=8, depth=1, heads=2, temporal_window=[1, 2, 2]).temporal_window == (1, 2, 2)
+    assert set(GENERATOR_SIZES) == {"tiny", "small", "base"}
+    with pytest.raises(ValueError, match="max_frames=33"):
+        Generator(CONFIG, LAYOUT.with_frames(34))
+
+
+def test_model_package_does_not_import_data_or_tokenizer():
+    package = Path(__file__).resolve().parents[1] / "cogvideo_lite" / "model"
+    for source in [*package.glob("*.py"), package.parent / "layout.py"]:
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                assert not name.startswith(("cogvideo_lite.data", "tokenizer")), (source.name, name)

@@ -1,0 +1,257 @@
+"""The prepare step: encode a dataset once into token shards (frame codes, text ids, frame rates).
+
+    python -m cogvideo_lite.prepare --data DIR --tokenizer DIR --text DIR --out DIR [--num-frames 5]
+        [--rates 1,2,4,8] [--clips-per-rate 1] [--batch-size 16] [--text-length 16] [--seed 0] [--part-size 256]
+
+What it does: scans the dataset once (bad or too-short videos are skipped with a warning naming file and reason),
+then enumerates a fixed plan of clips: for every usable video (in captions-file order), every frame rate of the set
+at which `num_frames` frames fit, and `clips_per_rate` clips per rate, with the start time of clip c drawn from
+`default_rng([seed, video index, rate, c])`. Each planned clip is read, its frames encoded by the frame tokenizer
+(batched, no grad, eval mode) and its caption by the text tokenizer; shards.py stores them in parts of
+`part_size` samples.
+
+Resumable: every sample records its position in the plan, so a re-run with the same arguments and tokenizers
+continues after the last complete part. Parts are multiples of the batch size, so every batch of a resumed run
+holds the same clips as in an uninterrupted run and the shards come out identical. A run over a directory made
+with other arguments, tokenizers or captions is refused by ShardWriter naming what differs.
+
+What it does not know: how videos are decoded or probed (data/video.py, data/datasets.py), how the VQVAE works,
+how training reads the shards. Where the idea comes from: DESIGN.md §6, and LlamaGen's code-extraction step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cogvideo_lite.data.captions import Problem, find_captions_file
+from cogvideo_lite.data.datasets import ClipDataset, ClipSample
+from cogvideo_lite.data.video import BadVideo, choose_start
+from cogvideo_lite.shards import CODES_DTYPE, ShardError, ShardWriter
+from cogvideo_lite.text import DEFAULT_RATES, TextTokenizer, check_rates, parse_rates, sha256_of_file
+from tokenizer.io import WEIGHTS_FILE, load_tokenizer
+from tokenizer.model import VQVAE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Arguments of one prepare run; `out` receives the shards."""
+
+    data: Path                     # dataset folder with captions.jsonl / captions.csv
+    tokenizer: Path                # frame tokenizer directory (tokenizer/io.py)
+    text: Path                     # text tokenizer directory (text.json + text.model)
+    out: Path                      # shard directory
+    num_frames: int = 5            # frames per clip (CogVideo's key-frame stage: 5)
+    rates: tuple[int, ...] = DEFAULT_RATES
+    clips_per_rate: int = 1        # clips per video and feasible rate
+    batch_size: int = 16           # clips per frame-tokenizer forward pass
+    text_length: int = 16          # text ids per sample, left-padded (L)
+    seed: int = 0
+    part_size: int = 256           # samples per shard part; a multiple of batch_size
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)}: expected a positive integer"
+                    for name in ("num_frames", "clips_per_rate", "batch_size", "text_length", "part_size")
+                    if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if not problems and self.part_size % self.batch_size:
+            problems.append(f"part_size={self.part_size}: expected a multiple of batch_size={self.batch_size} "
+                            f"(so that a resumed run batches clips exactly as an uninterrupted one)")
+        try:
+            check_rates(tuple(self.rates))
+        except ValueError as error:
+            problems.append(str(error))
+        if problems:
+            raise ValueError("invalid PrepareConfig: " + "; ".join(problems))
+
+
+@dataclass
+class PrepareSummary:
+    """What a run did: samples written by this run, samples and parts in the directory, and every skip."""
+
+    written: int = 0
+    total_samples: int = 0
+    parts: int = 0
+    complete: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    def describe(self) -> str:
+        counts: dict[str, int] = {}
+        for problem in self.problems:
+            counts[problem.reason] = counts.get(problem.reason, 0) + 1
+        skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items())) or "none"
+        state = "complete" if self.complete else "incomplete (re-run to continue)"
+        return (f"wrote {self.written} samples; shards hold {self.total_samples} samples in {self.parts} parts, "
+                f"{state}; skipped: {skipped}")
+
+
+@dataclass(frozen=True)
+class PlannedClip:
+    """Position `number` of the plan: a fixed clip of a usable video with its text ids."""
+
+    number: int
+    clip: ClipSample
+    text: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plan
+# ----------------------------------------------------------------------------------------------------------------
+
+def plan_clips(dataset: ClipDataset, text_tokenizer: TextTokenizer, config: PrepareConfig,
+               problems: list[Problem]) -> list[PlannedClip]:
+    """The fixed list of clips to encode, in order; a caption the text tokenizer refuses skips its video."""
+    plan = []
+    for index, source in enumerate(dataset.sources):
+        try:
+            text = tuple(text_tokenizer.encode_padded(source.entry.caption, config.text_length))
+        except ValueError as error:  # PromptTooLong, or special-token text in the caption
+            problems.append(Problem(str(source.entry.video), "caption refused", str(error)))
+            logger.warning("skipping %s: caption refused (%s)", source.entry.video, error)
+            continue
+        for rate in source.rates:
+            for clip in range(config.clips_per_rate):
+                rng = np.random.default_rng([config.seed, index, rate, clip])
+                start = choose_start(source.info.duration, config.num_frames, rate, rng)
+                plan.append(PlannedClip(len(plan), ClipSample(index, rate, start), text))
+    return plan
+
+
+def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer) -> dict:
+    """Everything a shard directory promises: compared on resume, checked by training."""
+    data = Path(config.data).resolve()
+    return {
+        "num_frames": config.num_frames,
+        "grid": list(frame_tokenizer.config.grid),
+        "text_length": config.text_length,
+        "rates": list(config.rates),
+        "frame_tokenizer": {"config": frame_tokenizer.config.to_dict(),
+                            "weights_sha256": sha256_of_file(Path(config.tokenizer) / WEIGHTS_FILE)},
+        "text_model_sha256": text_tokenizer.spec["model_sha256"],
+        "source": str(data),
+        "source_captions_sha256": sha256_of_file(find_captions_file(data)),
+        "prepare": {"seed": config.seed, "clips_per_rate": config.clips_per_rate,
+                    "batch_size": config.batch_size, "part_size": config.part_size},
+    }
+
+
+def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer) -> None:
+    missing = [rate for rate in config.rates if rate not in text_tokenizer.rates]
+    if missing:
+        raise ValueError(f"text tokenizer {config.text} has fps tokens for rates {text_tokenizer.rates}, "
+                         f"not for {missing}; retrain it with these rates or choose others")
+    if frame_tokenizer.config.codebook_size > np.iinfo(CODES_DTYPE).max + 1:
+        raise ValueError(f"frame tokenizer {config.tokenizer} has {frame_tokenizer.config.codebook_size} codes; "
+                         f"token shards store codes as int16 (at most {np.iinfo(CODES_DTYPE).max + 1})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Encoding
+# ----------------------------------------------------------------------------------------------------------------
+
+def encode_and_write(batch: list[tuple[PlannedClip, dict]], frame_tokenizer: VQVAE, writer: ShardWriter,
+                     data: Path) -> None:
+    """Encode the frames of a batch of read clips and append the samples to the writer."""
+    if not batch:
+        return
+    device = next(frame_tokenizer.parameters()).device
+    frames = torch.stack([item["frames"] for _, item in batch]).to(device)  # (B, T, 3, S, S) in [-1, 1]
+    codes = frame_tokenizer.encode(frames).cpu()  # (B, T, h, w) int64; VQVAE.encode runs under torch.no_grad
+    for (planned, item), sample_codes in zip(batch, codes):
+        source = {"video": str(Path(item["video"]).relative_to(data)), "start": planned.clip.start,
+                  "rate": planned.clip.rate, "caption": item["caption"], "plan": planned.number}
+        writer.add(sample_codes.numpy(), np.array(planned.text), planned.clip.rate, source)
+
+
+def prepare(config: PrepareConfig, max_parts: int | None = None, progress: bool = True,
+            device: str | None = None) -> PrepareSummary:
+    """Encode `config.data` into token shards at `config.out`, continuing an earlier run with the same settings.
+
+    max_parts: stop (without finishing) once this run has written that many parts; a later run continues.
+    device: where the frame tokenizer runs; None picks cuda when available. Near-tied codes can differ between
+    devices, so finish a directory on the device that began it.
+    """
+    data = Path(config.data).resolve()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    frame_tokenizer = load_tokenizer(config.tokenizer, device=device).eval()  # eval: the codebook must not move
+    text_tokenizer = TextTokenizer.load(config.text)
+    check_tokenizers(config, frame_tokenizer, text_tokenizer)
+    writer = ShardWriter(config.out, shard_meta(config, frame_tokenizer, text_tokenizer), config.part_size)
+    summary = PrepareSummary()
+    if not writer.is_complete:
+        run_plan(config, data, frame_tokenizer, text_tokenizer, writer, summary, max_parts, progress)
+    summary.total_samples, summary.parts, summary.complete = writer.num_samples, writer.num_parts, writer.is_complete
+    logger.info("prepare %s: %s", config.out, summary.describe())
+    return summary
+
+
+def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer,
+             writer: ShardWriter, summary: PrepareSummary, max_parts: int | None, progress: bool) -> None:
+    """Read, encode and write the planned clips after the writer's last complete part."""
+    dataset = ClipDataset(data, config.num_frames, list(config.rates), frame_tokenizer.config.image_size,
+                          seed=config.seed, progress=progress)
+    summary.problems.extend(dataset.report.problems)
+    plan = plan_clips(dataset, text_tokenizer, config, summary.problems)
+    if not plan:
+        raise ValueError(f"no usable clips in {data}: {summary.describe()}")
+    first = writer.last_source["plan"] + 1 if writer.last_source else 0
+    parts_before = writer.num_parts
+    batch: list[tuple[PlannedClip, dict]] = []
+    for planned in tqdm(plan[first:], desc="prepare", disable=not progress):
+        try:
+            batch.append((planned, dataset.load_sample(planned.clip)))
+        except BadVideo as error:
+            summary.problems.append(Problem(error.path, error.reason, error.detail))
+            logger.warning("skipping clip %d of %s: %s", planned.number, error.path, error)
+            continue
+        if len(batch) == config.batch_size:
+            encode_and_write(batch, frame_tokenizer, writer, data)
+            summary.written += len(batch)
+            batch = []
+            if max_parts is not None and writer.num_parts - parts_before >= max_parts:
+                return
+    encode_and_write(batch, frame_tokenizer, writer, data)
+    summary.written += len(batch)
+    writer.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Encode a dataset once into token shards for the transformer.")
+    parser.add_argument("--data", type=Path, required=True, help="dataset folder with a captions file")
+    parser.add_argument("--tokenizer", type=Path, required=True, help="frame tokenizer directory")
+    parser.add_argument("--text", type=Path, required=True, help="text tokenizer directory")
+    parser.add_argument("--out", type=Path, required=True, help="shard directory to write or continue")
+    parser.add_argument("--num-frames", type=int, default=PrepareConfig.num_frames)
+    parser.add_argument("--rates", type=parse_rates, default=DEFAULT_RATES, help="frame rates, e.g. 1,2,4,8")
+    parser.add_argument("--clips-per-rate", type=int, default=PrepareConfig.clips_per_rate)
+    parser.add_argument("--batch-size", type=int, default=PrepareConfig.batch_size)
+    parser.add_argument("--text-length", type=int, default=PrepareConfig.text_length)
+    parser.add_argument("--seed", type=int, default=PrepareConfig.seed)
+    parser.add_argument("--part-size", type=int, default=PrepareConfig.part_size,
+                        help="samples per part, a multiple of --batch-size")
+    parser.add_argument("--device", default=None, help="device of the frame tokenizer (default: cuda if available)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    config = PrepareConfig(data=args.data, tokenizer=args.tokenizer, text=args.text, out=args.out,
+                           num_frames=args.num_frames, rates=args.rates, clips_per_rate=args.clips_per_rate,
+                           batch_size=args.batch_size, text_length=args.text_length, seed=args.seed,
+                           part_size=args.part_size)
+    try:
+        print(prepare(config, device=args.device).describe())
+    except (ShardError, ValueError) as error:
+        raise SystemExit(f"prepare: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

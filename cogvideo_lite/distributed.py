@@ -98,3 +98,20 @@ def mean_over_ranks(values: dict[str, float], device: torch.device | None = None
     dist.all_reduce(tensor)
     tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist()))
+
+
+def replicas_identical(module: torch.nn.Module) -> bool:
+    """True when every rank holds bit-identical weights and buffers (ZeRO-1/2 replicate them; a codebook updated
+    outside the optimizer must stay in step by itself). Compares one digest per rank."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    mine = digest.hexdigest()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return True
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return len(set(everyone)) == 1

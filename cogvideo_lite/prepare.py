@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,8 @@ from cogvideo_lite.shards import CODES_DTYPE, ShardError, ShardWriter
 from cogvideo_lite.text import DEFAULT_RATES, TextTokenizer, check_rates, parse_rates, sha256_of_file
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 from tokenizer.model import VQVAE
+
+TEXT_COPY = "text"  # the shard directory's copy of the text model it was encoded with
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +146,17 @@ def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: Te
     }
 
 
+def copy_text_model(source: Path, target: Path) -> None:
+    """Keep the text model inside the shard directory: training stages read it from there, so the shards and
+    the text ids they hold can never be paired with another text model."""
+    if target.exists():
+        return
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    os.replace(tmp, target)
+
+
 def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer) -> None:
     missing = [rate for rate in config.rates if rate not in text_tokenizer.rates]
     if missing:
@@ -184,6 +199,7 @@ def prepare(config: PrepareConfig, max_parts: int | None = None, progress: bool 
     text_tokenizer = TextTokenizer.load(config.text)
     check_tokenizers(config, frame_tokenizer, text_tokenizer)
     writer = ShardWriter(config.out, shard_meta(config, frame_tokenizer, text_tokenizer), config.part_size)
+    copy_text_model(Path(config.text), Path(config.out) / TEXT_COPY)
     summary = PrepareSummary()
     if not writer.is_complete:
         run_plan(config, data, frame_tokenizer, text_tokenizer, writer, summary, max_parts, progress)

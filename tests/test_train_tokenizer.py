@@ -14,7 +14,7 @@ CONFIG = CONFIGS / "tokenizer_tiny.yaml"
 
 def tiny_sets(shapes_dataset: Path, steps: int) -> list[str]:
     """A 32x32, 64-code tokenizer on four built-in clips: a few hundred ms a step."""
-    return [f"data.sources=[{shapes_dataset}]", "data.heldout=[]", "data.frames_per_video=4",
+    return [f"data.sources=[{{path: {shapes_dataset}, frames: 4}}]", "data.heldout=[]",
             "tokenizer.image_size=32", "tokenizer.codebook_size=64", "tokenizer.usage_window=1024",
             f"train.steps={steps}", "train.micro_batch=4", "train.warmup_steps=2", "train.log_every=1",
             "train.save_every=3", "train.keep_checkpoints=2"]

@@ -25,6 +25,7 @@ from cogvideo_lite.generator_io import CheckpointMismatch, load_image_model, req
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
+from cogvideo_lite.prepare import TEXT_COPY
 from cogvideo_lite.shards import TokenShards
 from cogvideo_lite.tasks.base import StepOutput
 from cogvideo_lite.text import TextTokenizer
@@ -69,8 +70,8 @@ class GeneratorTask:
         self.stage = config.stage
         self.shards = TokenShards(Path(config.data.shards))
         meta = self.shards.meta
-        self.text = TextTokenizer.load(Path(config.data.shards) / "text")
-        self.shards.require_tokenizers(meta["frame_tokenizer"]["weights_sha256"], self.text.spec["sha256"])
+        self.text = TextTokenizer.load(Path(config.data.shards) / TEXT_COPY)
+        self.shards.require_tokenizers(meta["frame_tokenizer"]["weights_sha256"], self.text.spec["model_sha256"])
         tokenizer_config = meta["frame_tokenizer"]["config"]
         frames = 1 if self.stage == "image" else meta["num_frames"]
         self.layout = SequenceLayout(text_length=meta["text_length"], num_frames=frames, grid=tuple(meta["grid"]),
@@ -92,7 +93,7 @@ class GeneratorTask:
         model, spec = load_image_model(self.image_dir)
         where = f"image checkpoint {self.image_dir}"
         require_same("model config", asdict(self.config.model), {**asdict(model.config), **{}}, where)
-        require_same("text model sha256", self.text.spec["sha256"], spec["text"]["sha256"], where)
+        require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
         require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
                      spec["frame_tokenizer"]["weights_sha256"], where)
         if (spec["layout"]["text_length"], tuple(spec["layout"]["grid"])) != (self.layout.text_length, self.layout.grid):

@@ -8,11 +8,13 @@ matters more than long training: crops, flips and every real source are used.
 
 from __future__ import annotations
 
+import bisect
 import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +44,28 @@ def resolve_source(source: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"data source {source!r}: {path} does not exist")
     return path
+
+
+class RepeatedSources:
+    """Several frame datasets as one, each repeated `repeat` times per epoch so that a few real clips are not
+    drowned by thousands of generated ones. Every repetition draws its own random crop and flip."""
+
+    def __init__(self, parts: list[tuple[FrameDataset, int]]):
+        self.parts = [(dataset, repeat) for dataset, repeat in parts if len(dataset)]
+        for dataset, _ in parts:
+            if not len(dataset):
+                logger.warning("a tokenizer source gave no frames: %s", dataset.report.bad)
+        self.starts = np.cumsum([0] + [len(d) * r for d, r in self.parts]).tolist()
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def frames(self, epoch: int, index: int) -> torch.Tensor:
+        part = bisect.bisect_right(self.starts, index) - 1
+        dataset, repeat = self.parts[part]
+        repetition, item = divmod(index - self.starts[part], len(dataset))
+        dataset.set_epoch(epoch * repeat + repetition)  # a new crop per repetition and epoch
+        return dataset[item]["frames"]
 
 
 class TokenizerObjective(nn.Module):
@@ -75,13 +99,11 @@ class TokenizerTask:
 
             perceptual = build_perceptual(model_config.perceptual)
         self.module = TokenizerObjective(self.model, perceptual)
-        self.dataset = FrameDataset(
-            [resolve_source(s) for s in config.data.sources],
-            size=model_config.image_size,
-            seed=config.train.seed,
-            augment=True,
-            frames_per_video=config.data.frames_per_video,
-        )
+        self.dataset = RepeatedSources([
+            (FrameDataset([resolve_source(source.path)], size=model_config.image_size, seed=config.train.seed,
+                          augment=True, frames_per_video=source.frames), source.repeat)
+            for source in config.data.sources
+        ])
         self.heldout = [resolve_source(s) for s in config.data.heldout]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -91,10 +113,7 @@ class TokenizerTask:
         return len(self.dataset)
 
     def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]:
-        frames = []
-        for epoch, index in items:
-            self.dataset.set_epoch(epoch)
-            frames.append(self.dataset[index]["frames"])  # (1, 3, H, W)
+        frames = [self.dataset.frames(epoch, index) for epoch, index in items]  # each (1, 3, H, W)
         return {"frames": torch.stack(frames).to(device)}  # (B, 1, 3, H, W)
 
     def export(self, directory: Path) -> None:

@@ -1,0 +1,278 @@
+"""Sampling bundles: one directory holding, or pointing to, everything `sample.py` needs.
+
+A bundle has five parts: `tokenizer/` (frame tokenizer export: config.json + model.safetensors), `text/`
+(text.model + text.json), and the generator stage exports `image/`, `keyframe/`, `interpolate/`. They are either
+real subdirectories, or named by a `bundle.json` that maps the five names to paths (relative paths are resolved
+against the bundle directory), so a bundle can point at the `model/` exports of training runs without copying them.
+
+    python -m cogvideo_lite.bundle --out DIR --tokenizer P --text P --image P --keyframe P --interpolate P [--bf16]
+
+copies the five parts into a self-contained DIR (built under `DIR.tmp`, then renamed), with the training runs'
+`metrics.jsonl` / `config.yaml` that sit beside an export (`runs/X/model` -> `runs/X/metrics.jsonl`) under
+`DIR/logs/<part>/`, and a `provenance.json` naming the sources.
+
+Contracts (`check_contracts`, run by `Pipeline.load` and by the command above, before and after copying):
+the image export's recorded text-model sha256 equals the text model's; its recorded frame-tokenizer weights
+sha256 equals the sha256 of the tokenizer's model.safetensors and its recorded tokenizer config equals
+config.json; the video stages record the sha256 of THIS image export's model.safetensors, and the same text
+model, frame tokenizer and rates; code grid, codebook size and text vocabulary agree with the layouts.
+
+With `--bf16` floating-point weights are stored as bfloat16 (half the size; loading casts them back to
+float32). That changes the weight files, so the command checks the sources' contracts first and then rewrites
+the recorded checksums of the copies consistently (the frame tokenizer's in every stage spec, the image
+export's in the video stage specs); `provenance.json` keeps the sources' original checksums. A bundle's
+checksums therefore always describe the bytes it stores, and the contract check stays one plain comparison.
+
+This module knows export files and their specs; it does not build models (see `pipeline.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, read_spec
+from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
+from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config
+
+PART_NAMES = ("tokenizer", "text", "image", "keyframe", "interpolate")
+VIDEO_STAGES = ("keyframe", "interpolate")
+BUNDLE_MAP_FILE = "bundle.json"
+PROVENANCE_FILE = "provenance.json"
+LOGS_DIR = "logs"
+RUN_LOG_FILES = ("metrics.jsonl", "config.yaml")  # what a run directory keeps beside its `model/` export
+CONTRACT_KEYS = ("text", "frame_tokenizer", "rates")  # what every stage spec records about its inputs
+WEIGHT_FILES = {"tokenizer": WEIGHTS_FILE, "text": None, "image": FULL_WEIGHTS, "keyframe": TEMPORAL_WEIGHTS,
+                "interpolate": TEMPORAL_WEIGHTS}
+
+
+class BundleError(ValueError):
+    """A bundle directory that cannot be used: a missing part or a malformed bundle.json."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Finding the parts
+# ----------------------------------------------------------------------------------------------------------------
+
+def resolve_parts(directory: str | Path) -> dict[str, Path]:
+    """The five part directories of a bundle: from bundle.json if present, else the subdirectories."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {directory} does not exist (expected a directory with "
+                          f"{', '.join(PART_NAMES)} or a {BUNDLE_MAP_FILE})")
+    map_path = directory / BUNDLE_MAP_FILE
+    if map_path.is_file():
+        parts = _read_bundle_map(map_path)
+    else:
+        parts = {name: directory / name for name in PART_NAMES}
+    for name, path in parts.items():
+        if not path.is_dir():
+            raise BundleError(f"bundle {directory}: part '{name}' is missing: {path} is not a directory")
+    return parts
+
+
+def _read_bundle_map(map_path: Path) -> dict[str, Path]:
+    try:
+        mapping = json.loads(map_path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{map_path}: not valid JSON ({error})") from None
+    if not isinstance(mapping, dict) or set(mapping) != set(PART_NAMES):
+        found = sorted(mapping) if isinstance(mapping, dict) else type(mapping).__name__
+        raise BundleError(f"{map_path}: expected an object with exactly the keys {list(PART_NAMES)}, got {found}")
+    return {name: (map_path.parent / str(mapping[name])).resolve() for name in PART_NAMES}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Contracts
+# ----------------------------------------------------------------------------------------------------------------
+
+def _require_file(path: Path, part: str) -> Path:
+    if not path.is_file():
+        raise BundleError(f"part '{part}' is incomplete: {path} is missing")
+    return path
+
+
+def _mismatch(where: str, what: str, recorded: Any, found: Any, found_where: str) -> CheckpointMismatch:
+    return CheckpointMismatch(f"{where} records {what} {recorded}, but {found_where} has {found}")
+
+
+def check_contracts(parts: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Check that the five parts belong together; return the stage specs by name. Raises CheckpointMismatch
+    naming both values, or BundleError / FileNotFoundError naming a missing file."""
+    text_spec = TextTokenizer.load(parts["text"]).spec  # also checks the model file against text.json
+    tokenizer_weights = _require_file(parts["tokenizer"] / WEIGHTS_FILE, "tokenizer")
+    tokenizer_config = load_config(_require_file(parts["tokenizer"] / CONFIG_FILE, "tokenizer").parent)
+    specs = {name: read_spec(parts[name]) for name in ("image",) + VIDEO_STAGES}
+    for name, spec in specs.items():
+        if spec.get("stage") != name:
+            raise CheckpointMismatch(f"{parts[name]}: a {spec.get('stage')!r} export where the {name} export "
+                                     "was expected")
+        _require_file(parts[name] / WEIGHT_FILES[name], name)
+        missing = [key for key in CONTRACT_KEYS if key not in spec]
+        if missing:
+            raise CheckpointMismatch(f"{parts[name] / SPEC_FILE} lacks the contract entries {missing}")
+
+    image, image_where = specs["image"], str(parts["image"] / SPEC_FILE)
+    text_model = parts["text"] / text_spec["model_file"]
+    if image["text"]["model_sha256"] != text_spec["model_sha256"]:
+        raise _mismatch(image_where, "text model sha256", image["text"]["model_sha256"],
+                        text_spec["model_sha256"], str(text_model))
+    tokenizer_sha256 = sha256_file(tokenizer_weights)
+    if image["frame_tokenizer"]["weights_sha256"] != tokenizer_sha256:
+        raise _mismatch(image_where, "frame tokenizer weights sha256", image["frame_tokenizer"]["weights_sha256"],
+                        tokenizer_sha256, str(tokenizer_weights))
+    if image["frame_tokenizer"]["config"] != json.loads(json.dumps(tokenizer_config.to_dict())):
+        raise _mismatch(image_where, "frame tokenizer config", image["frame_tokenizer"]["config"],
+                        tokenizer_config.to_dict(), str(parts["tokenizer"] / CONFIG_FILE))
+    if image["rates"] != text_spec["rates"]:
+        raise _mismatch(image_where, "rates", image["rates"], text_spec["rates"], str(parts["text"] / TEXT_SPEC_FILE))
+    _check_layout(image, image_where, text_spec, tokenizer_config.codebook_size, list(tokenizer_config.grid))
+
+    image_sha256 = sha256_file(parts["image"] / FULL_WEIGHTS)
+    for name in VIDEO_STAGES:
+        spec, where = specs[name], str(parts[name] / SPEC_FILE)
+        if spec.get("image_weights_sha256") != image_sha256:
+            raise _mismatch(where, "image weights sha256", spec.get("image_weights_sha256"), image_sha256,
+                            str(parts["image"] / FULL_WEIGHTS))
+        for key in CONTRACT_KEYS:
+            if spec[key] != image[key]:
+                raise _mismatch(where, key, spec[key], image[key], image_where)
+    _check_frame_counts(specs, parts)
+    return specs
+
+
+def _check_layout(spec: dict[str, Any], where: str, text_spec: dict[str, Any], codebook_size: int,
+                  grid: list[int]) -> None:
+    layout = spec["layout"]
+    for what, recorded, found in (("text vocabulary size", layout["text_vocab_size"], text_spec["vocab_size"]),
+                                  ("codebook size", layout["codebook_size"], codebook_size),
+                                  ("code grid", list(layout["grid"]), grid)):
+        if recorded != found:
+            raise _mismatch(where, f"layout {what}", recorded, found, "the bundle's text model / frame tokenizer")
+
+
+def _check_frame_counts(specs: dict[str, dict[str, Any]], parts: dict[str, Path]) -> None:
+    """The key frames must cut into the interpolation model's overlapping groups (5 key frames, groups of 3)."""
+    key_frames = specs["keyframe"]["layout"]["num_frames"]
+    window = specs["interpolate"]["layout"]["num_frames"]
+    group = (window + 1) // 2
+    if window < 3 or window % 2 == 0 or key_frames < group or (key_frames - 1) % (group - 1):
+        raise CheckpointMismatch(
+            f"{parts['keyframe'] / SPEC_FILE} makes {key_frames} key frames, which the interpolation export "
+            f"{parts['interpolate'] / SPEC_FILE} ({window} slots, groups of {group}) cannot interpolate; expected "
+            f"an odd slot count >= 3 and 1 + n*{group - 1} key frames")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Making a self-contained bundle
+# ----------------------------------------------------------------------------------------------------------------
+
+def _part_files(name: str, source: Path) -> list[str]:
+    """The files that make up a part (nothing else in its directory is copied)."""
+    if name == "tokenizer":
+        return [CONFIG_FILE, WEIGHTS_FILE]
+    if name == "text":
+        return [TEXT_SPEC_FILE, json.loads((source / TEXT_SPEC_FILE).read_text())["model_file"]]
+    return [SPEC_FILE, WEIGHT_FILES[name]]
+
+
+def store_as_bf16(path: Path) -> None:
+    """Rewrite a safetensors file with its floating-point tensors as bfloat16 (integer and bool ones unchanged)."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    converted = {key: tensor.to(torch.bfloat16) if tensor.is_floating_point() else tensor
+                 for key, tensor in tensors.items()}
+    save_file(converted, str(path), metadata=metadata)
+
+
+def _rewrite_checksums(root: Path) -> None:
+    """Make the copies' recorded checksums describe the stored bytes (after a bf16 conversion)."""
+    tokenizer_sha256 = sha256_file(root / "tokenizer" / WEIGHTS_FILE)
+    image_sha256 = sha256_file(root / "image" / FULL_WEIGHTS)
+    for name in ("image",) + VIDEO_STAGES:
+        spec_path = root / name / SPEC_FILE
+        spec = json.loads(spec_path.read_text())
+        spec["frame_tokenizer"]["weights_sha256"] = tokenizer_sha256
+        if name != "image":
+            spec["image_weights_sha256"] = image_sha256
+        spec_path.write_text(json.dumps(spec, indent=2))
+
+
+def _point_video_stages_at(root: Path, image_dir: Path) -> None:
+    """The video stage specs name the image export they extend: the bundle's own, at its final place."""
+    for name in VIDEO_STAGES:
+        spec_path = root / name / SPEC_FILE
+        spec = json.loads(spec_path.read_text())
+        spec["image_export"] = str(image_dir)
+        spec_path.write_text(json.dumps(spec, indent=2))
+
+
+def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False) -> Path:
+    """Copy the five parts into a self-contained bundle at `out` (built under `out.tmp`, renamed at the end)."""
+    out = Path(out).resolve()
+    if out.exists():
+        raise BundleError(f"--out {out} already exists; choose a new directory or remove it")
+    sources = {name: Path(sources[name]).resolve() for name in PART_NAMES}
+    for name, path in sources.items():
+        if not path.is_dir():
+            raise BundleError(f"part '{name}' is missing: {path} is not a directory")
+    check_contracts(sources)  # refuse parts that do not belong together before converting anything
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    provenance: dict[str, Any] = {"weights_dtype": "bfloat16" if bf16 else "float32", "parts": {}}
+    for name, source in sources.items():
+        (tmp / name).mkdir(parents=True)
+        for file_name in _part_files(name, source):
+            shutil.copy2(_require_file(source / file_name, name), tmp / name / file_name)
+        weights = WEIGHT_FILES[name]
+        provenance["parts"][name] = {"source": str(source),
+                                     "source_weights_sha256": weights and sha256_file(source / weights)}
+        if bf16 and weights:
+            store_as_bf16(tmp / name / weights)
+        _copy_run_logs(source, tmp / LOGS_DIR / name)
+    if bf16:
+        _rewrite_checksums(tmp)
+    _point_video_stages_at(tmp, out / "image")
+    (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    check_contracts({name: tmp / name for name in PART_NAMES})
+    os.replace(tmp, out)
+    return out
+
+
+def _copy_run_logs(export: Path, destination: Path) -> None:
+    for file_name in RUN_LOG_FILES:
+        log = export.parent / file_name
+        if log.is_file():
+            destination.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(log, destination / file_name)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Copy the exports sample.py needs into one self-contained bundle.")
+    parser.add_argument("--out", type=Path, required=True, help="new bundle directory (must not exist)")
+    for name in PART_NAMES:
+        parser.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} export directory")
+    parser.add_argument("--bf16", action="store_true", help="store weights as bfloat16 (half the size)")
+    args = parser.parse_args(argv)
+    try:
+        out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES}, bf16=args.bf16)
+    except (BundleError, CheckpointMismatch, FileNotFoundError) as error:
+        parser.error(str(error))
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    print(f"bundle {out}: {size / 2**20:.1f} MiB" + (" (weights stored as bfloat16)" if args.bf16 else ""))
+    return out
+
+
+if __name__ == "__main__":
+    main()

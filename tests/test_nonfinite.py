@@ -1,0 +1,101 @@
+"""A non-finite loss is detected, its step skipped (weights untouched) and counted; too many in a row stop the run
+with a clear message, and no checkpoint is ever written from poisoned weights. Runs the real training loop and
+DeepSpeed engine in this process, on a toy task whose loss turns NaN at chosen steps."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cogvideo_lite import distributed
+from cogvideo_lite.checkpoint import RunDirectory
+from cogvideo_lite.config import config_from_dict
+from cogvideo_lite.engine import build_engine
+from cogvideo_lite.tasks.base import StepOutput
+from cogvideo_lite.tasks.stream import SampleStream
+from train import NonFiniteLossError, train_loop
+
+
+class Toy(torch.nn.Module):
+    def __init__(self, bad_steps):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.bad_steps = set(bad_steps)
+
+    def forward(self, batch, step):
+        loss = (self.linear(batch["x"]) - batch["y"]).pow(2).mean()
+        if step in self.bad_steps:
+            loss = loss * float("nan")
+        return StepOutput(loss=loss, metrics={"total": loss.item()})
+
+
+class ToyTask:
+    progress_keys = ("total",)
+
+    def __init__(self, bad_steps):
+        torch.manual_seed(0)
+        self.module = Toy(bad_steps)
+        self.data = torch.randn(16, 5)
+
+    def trainable_parameters(self):
+        return list(self.module.parameters())
+
+    def num_samples(self):
+        return len(self.data)
+
+    def batch(self, items, step, device):
+        rows = self.data[[index for _, index in items]]
+        return {"x": rows[:, :4], "y": rows[:, 4:]}
+
+    def export(self, directory):
+        directory.mkdir(parents=True)
+        save_file({k: v.detach().clone() for k, v in self.module.state_dict().items()}, directory / "w.safetensors")
+
+    def evaluate(self, device):
+        return {}
+
+
+def run(tmp_path, bad_steps, steps=5, max_bad=3):
+    dist_info = distributed.init_distributed(device="cpu")
+    config = config_from_dict({"stage": "tokenizer", "run_dir": str(tmp_path), "tokenizer": {"size": "tiny"},
+                               "data": {"sources": ["unused"]},
+                               "train": {"steps": steps, "micro_batch": 4, "warmup_steps": 0, "lr": 0.1,
+                                         "save_every": 1, "keep_checkpoints": 10, "log_every": 1,
+                                         "max_bad_steps": max_bad}})
+    task = ToyTask(bad_steps)
+    engine, optimizer, _ = build_engine(task.module, task.trainable_parameters(), config.train, 1, dist_info.device)
+    stream = SampleStream(task.num_samples(), 4, 1, 1, 0)
+    run_dir = RunDirectory(tmp_path)
+    run_dir.claim(config.to_dict(), resume=False, overwrite=False)
+    train_loop(engine, optimizer, task, stream, run_dir, config, dist_info, torch.float32, 0)
+    return run_dir
+
+
+def exported(run_dir, step):
+    return load_file(str(run_dir.checkpoints / f"step-{step:08d}" / "export" / "w.safetensors"))
+
+
+def test_a_non_finite_step_is_skipped_and_counted(tmp_path):
+    run_dir = run(tmp_path, bad_steps={2})
+    records = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
+    assert [r["skipped"] for r in records if "skipped" in r] == [False, False, True, False, False]
+    before, after = exported(run_dir, 2), exported(run_dir, 3)  # step index 2 is the third step
+    for name in before:
+        assert torch.equal(before[name], after[name])  # the skipped step left the weights untouched
+    assert not torch.equal(exported(run_dir, 1)["linear.weight"], before["linear.weight"])  # others did move
+    for record in records:
+        assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
+
+
+def test_too_many_non_finite_steps_stop_the_run(tmp_path):
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row had a non-finite loss"):
+        run(tmp_path, bad_steps={1, 2, 3}, steps=6, max_bad=3)
+    run_dir = RunDirectory(tmp_path)
+    # checkpoints were written only for finished steps; every one of them holds finite weights
+    tags = run_dir.complete_tags()
+    assert tags and tags[-1] == "step-00000003"
+    for tag in tags:
+        weights = load_file(str(run_dir.checkpoints / tag / "export" / "w.safetensors"))
+        assert all(torch.isfinite(w).all() for w in weights.values())

@@ -1,0 +1,185 @@
+"""sample.py on a tiny untrained bundle: real mp4 / gif / png outputs read back, user errors stop with exit code 2
+before anything is written, and real clips given through --init-video / --interpolate-video."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample
+from cogvideo_lite.data.media import write_mp4
+from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.pipeline import Pipeline, Video, generate_videos
+from tests.helpers import run_script
+from tests.test_pipeline import build_tiny_bundle
+from tokenizer.frames import to_model_frames
+
+PROMPT = "a red circle moves left slowly"
+CLIP_FPS = 8
+CLIP_SECONDS = 5
+CLIP_SIZE = 40  # read_clip resizes it to the tokenizer's 32 pixels
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(bundle) -> Pipeline:
+    torch.set_num_threads(1)
+    return Pipeline.load(bundle)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """A real mp4: a white square moving right over a gradient, 5 s at 8 fps, 40x40; and its frames."""
+    frames = np.zeros((CLIP_FPS * CLIP_SECONDS, CLIP_SIZE, CLIP_SIZE, 3), dtype=np.uint8)
+    frames[..., 2] = np.linspace(0, 120, CLIP_SIZE, dtype=np.uint8)[None, :, None]
+    for index, frame in enumerate(frames):
+        left = index % (CLIP_SIZE - 10)
+        frame[15:25, left:left + 10] = 255
+    path = tmp_path_factory.mktemp("clip") / "square.mp4"
+    return write_mp4(path, frames, CLIP_FPS), frames
+
+
+def run_sample(arguments: list[str], bundle: Path, out: Path) -> list[dict]:
+    return sample.main(["--ckpt", str(bundle), "--out", str(out)] + arguments)
+
+
+# ------------------------------------------------------------------ end to end
+def test_sample_script_writes_a_readable_video_gif_and_sheet(bundle, tmp_path):
+    out = tmp_path / "out"
+    result = run_script(["sample.py", "--ckpt", str(bundle), "--prompt", PROMPT, "--out", str(out), "--seed", "5"])
+    stem = "a_red_circle_moves_left_slowly_5_0"
+    assert str(out / f"{stem}.mp4") in result.stdout and "samples.json" in result.stdout
+    reader = decord.VideoReader(str(out / f"{stem}.mp4"))
+    assert len(reader) == 33 and reader[0].shape == (32, 32, 3)
+    assert reader.get_avg_fps() == pytest.approx(8)
+    with Image.open(out / f"{stem}.gif") as gif:
+        assert gif.n_frames == 33 and gif.size == (32, 32)
+    with Image.open(out / f"{stem}_sheet.png") as sheet:  # key row + all 33 frames in rows of 17: 3 rows x 17
+        assert sheet.size == (17 * 32 + 18 * 2, 3 * 32 + 4 * 2)
+    listing = json.loads((out / "samples.json").read_text())
+    assert listing["rounds"] == 3 and listing["key_rate"] == 1
+    assert listing["samples"] == [{"prompt": PROMPT, "seed": 5, "sample_index": 0, "fps": 8, "key_rate": 1,
+                                   "num_frames": 33, "key_indices": [0, 8, 16, 24, 32], "mp4": f"{stem}.mp4",
+                                   "gif": f"{stem}.gif", "sheet": f"{stem}_sheet.png"}]
+
+
+def test_prompts_file_samples_and_knobs(bundle, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{PROMPT}\n\n  \na blue square moves up quickly\n{PROMPT}\n")
+    out = tmp_path / "out"
+    entries = run_sample(["--prompts", str(prompts), "--num-samples", "2", "--fps", "4", "--batch-size", "3",
+                          "--top-k", "5", "--top-p", "0.9", "--cfg", "2", "--temperature", "0.8"], bundle, out)
+    assert [(e["prompt"], e["sample_index"], e["num_frames"], e["fps"]) for e in entries] == [
+        (p, i, 9, 8) for p in (PROMPT, "a blue square moves up quickly", PROMPT) for i in range(2)]
+    names = [entry["mp4"] for entry in entries]
+    assert len(set(names)) == 6 and names[4] == "a_red_circle_moves_left_slowly-2_0_0.mp4"
+    assert all((out / name).is_file() for name in names)
+    knobs = json.loads((out / "samples.json").read_text())["knobs"]
+    assert knobs == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0}
+
+
+def test_sheet_rows_hold_key_frames_then_all_frames():
+    def rows_of(num_frames: int, stride: int) -> list[int]:
+        frames = np.zeros((num_frames, 4, 4, 3), dtype=np.uint8)
+        video = Video(PROMPT, 0, 0, 1, stride, torch.zeros(num_frames, 1, 1, dtype=torch.long), frames,
+                             list(range(0, num_frames, stride)))
+        return [len(row) for row in sample.sheet_rows(video)]
+    assert rows_of(5, 1) == [5, 5] and rows_of(9, 2) == [5, 9]
+    assert rows_of(17, 4) == [5, 9, 8] and rows_of(33, 8) == [5, 17, 16]
+
+
+# ------------------------------------------------------------------ user errors
+def test_user_error_exits_2_with_one_line_and_no_traceback(bundle, tmp_path):
+    result = run_script(["sample.py", "--ckpt", str(bundle), "--prompt", PROMPT, "--out", str(tmp_path / "out"),
+                         "--temperature", "0"], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "sample.py: error: --temperature 0.0: must be > 0; try --temperature 1.0")
+    assert not (tmp_path / "out").exists()
+
+
+def test_each_invalid_input_fails_before_writing_anything(bundle, clip, tmp_path, capsys):
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("hello")
+    empty_prompts = tmp_path / "blank.txt"
+    empty_prompts.write_text("\n \n")
+    long_prompt = "a red circle moves left slowly and a green square moves up quickly"
+    cases = [
+        (["--temperature", "-1"], "--temperature -1.0: must be > 0"),
+        (["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
+        (["--top-p", "1.5"], r"--top-p 1.5: must be in \(0, 1\]"),
+        (["--top-p", "0"], r"--top-p 0.0: must be in \(0, 1\]"),
+        (["--cfg", "-0.5"], "--cfg -0.5: the guidance scale must be >= 0"),
+        (["--num-samples", "0"], "--num-samples 0: must be >= 1"),
+        (["--rounds", "4"], r"--rounds 4: from 1 fps the rates \(1, 2, 4, 8\) allow 0..3 interpolation rounds"),
+        (["--fps", "4", "--rounds", "2"], r"--rounds 2: from 4 fps .* allow 0..1"),
+        (["--fps", "3"], "--fps 3: not a configured key-frame rate; choose one of 1, 2, 4, 8"),
+        (["--prompt", ""], "--prompt number 2 is empty"),
+        (["--prompts", str(empty_prompts)], "no captions"),
+        (["--prompt", long_prompt], r"--prompt: caption needs 15 text tokens but the text length is 8: .*; shorten it"),
+        (["--init-video", str(not_a_video)], f"--init-video {not_a_video}: .*not a video"),
+        (["--init-video", str(clip[0]), "--init-frames", "6"], r"--init-frames 6: must be in 1..5"),
+        (["--init-frames", "2"], "--init-frames has no effect without --init-video"),
+        (["--interpolate-video", str(clip[0]), "--fps", "1", "--rounds", "0", "--init-video", str(clip[0])],
+         "not allowed with argument"),
+        (["--interpolate-video", str(tmp_path / "missing.mp4")], "file not found"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(SystemExit) as raised:
+            run_sample(["--prompt", PROMPT] + arguments, bundle, tmp_path / "out")
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert raised.value.code == 2 and error.startswith("sample.py: error: "), arguments
+        assert re.search(message, error), (arguments, error)
+    with pytest.raises(SystemExit) as raised:
+        run_sample([], bundle, tmp_path / "out")
+    assert raised.value.code == 2 and "no prompt given" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_or_wrong_checkpoint_directory(bundle, tmp_path, capsys):
+    for directory, message in ((tmp_path / "nowhere", "does not exist"),
+                               (bundle / "tokenizer", "part 'tokenizer' is missing")):
+        with pytest.raises(SystemExit) as raised:
+            sample.main(["--ckpt", str(directory), "--prompt", PROMPT, "--out", str(tmp_path / "out")])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert raised.value.code == 2 and f"--ckpt {directory}: " in error and message in error
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ given videos
+def test_init_video_frames_are_read_at_the_key_rate_and_kept(pipeline, bundle, clip, tmp_path):
+    path, frames = clip
+    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2)  # times 0 s and 0.5 s
+    decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2]).asnumpy()
+    assert torch.equal(codes, pipeline.tokenizer.encode(to_model_frames(decoded, 32)[None]))
+    videos = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=1, seed=0, num_samples=2,
+                             progress=False, init_codes=codes)
+    for video in videos:
+        assert torch.equal(video.codes[[0, 2]], codes[0]) and video.codes.shape[0] == 9
+    entries = run_sample(["--prompt", PROMPT, "--init-video", str(path), "--init-frames", "2", "--fps", "2",
+                          "--rounds", "1"], bundle, tmp_path / "out")
+    assert entries[0]["num_frames"] == 9 and (tmp_path / "out" / entries[0]["sheet"]).is_file()
+
+
+def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, bundle, clip, tmp_path):
+    path, _ = clip
+    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2)  # (1, 5, h, w)
+    for rounds, expected in ((0, 5), (1, 9), (2, 17)):
+        entries = run_sample(["--prompt", PROMPT, "--interpolate-video", str(path), "--fps", "2", "--rounds",
+                              str(rounds), "--seed", "1"], bundle, tmp_path / f"out{rounds}")
+        assert entries[0]["num_frames"] == expected and entries[0]["fps"] == 2 * 2 ** rounds
+        assert len(decord.VideoReader(str(tmp_path / f"out{rounds}" / entries[0]["mp4"]))) == expected
+    video = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=2, seed=1, progress=False,
+                            init_codes=keys)[0]
+    assert torch.equal(video.codes[video.key_indices], keys[0])

@@ -23,6 +23,7 @@ from cogvideo_lite.config import RunConfig, load_config
 from cogvideo_lite.engine import build_engine, resolve_precision
 from cogvideo_lite.tasks import build_task
 from cogvideo_lite.tasks.base import Task
+from cogvideo_lite.tasks.loader import micro_batches
 from cogvideo_lite.tasks.stream import SampleStream
 
 logger = logging.getLogger("train")
@@ -87,6 +88,8 @@ def resume(engine, run: RunDirectory) -> int:
     tag = distributed.broadcast_object(run.latest_tag() if distributed.is_main() else None)
     if tag is None:
         logger.warning("--resume: %s has no complete checkpoint yet; starting from step 0", run.root)
+        if distributed.is_main():
+            run.truncate_metrics(0)  # the lines a run killed before its first checkpoint logged will come again
         return 0
     _, client_state = engine.load_checkpoint(str(run.checkpoints), tag=tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=True)
@@ -107,10 +110,11 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
     train = config.train
     bad_in_a_row = 0
     bar = tqdm(total=train.steps, initial=start_step, disable=not dist_info.is_main, desc=config.stage, dynamic_ncols=True)
+    batches = micro_batches(task, stream, start_step, train.steps, dist_info.rank, train.num_workers)
     tic, last_logged = time.perf_counter(), start_step
     for step in range(start_step, train.steps):
         torch.manual_seed(train.seed * 1_000_003 + step)  # randomness of a step depends on (seed, step) alone
-        metrics, skipped = training_step(engine, optimizer, task, stream, step, dist_info, dtype)
+        metrics, skipped = training_step(engine, optimizer, task, batches, stream, step, dist_info, dtype)
         bad_in_a_row = bad_in_a_row + 1 if skipped else 0
         if bad_in_a_row >= train.max_bad_steps:
             raise NonFiniteLossError(
@@ -137,15 +141,14 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
     distributed.barrier()
 
 
-def training_step(engine, optimizer, task: Task, stream: SampleStream, step: int,
+def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, step: int,
                   dist_info: distributed.DistInfo, dtype: torch.dtype) -> tuple[dict[str, float], bool]:
     """One optimizer step over grad_accum micro-batches. A non-finite micro-batch loss contributes no gradient;
     a step whose every micro-batch was non-finite leaves the weights unchanged (its learning rate is 0)."""
     totals: dict[str, float] = {}
     bad = 0
     for micro_step in range(stream.grad_accum):
-        batch = task.batch(stream.micro_batch_indices(step, micro_step, dist_info.rank), step, dist_info.device)
-        batch = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+        batch = {k: to_device(v, dist_info.device, dtype) for k, v in next(batches).items()}
         output = engine(batch, step)
         loss = output.loss
         if distributed.any_rank(not bool(torch.isfinite(loss.detach()).all()), dist_info.device):
@@ -163,6 +166,13 @@ def training_step(engine, optimizer, task: Task, stream: SampleStream, step: int
     good = stream.grad_accum - bad
     metrics = {k: v / good for k, v in totals.items()} if good else {}
     return distributed.mean_over_ranks(metrics, dist_info.device), skipped
+
+
+def to_device(value, device: torch.device, dtype: torch.dtype):
+    """Tensors to the engine's device; floating ones to its compute dtype (bf16 engines take bf16 inputs)."""
+    if not torch.is_tensor(value):
+        return value
+    return value.to(device, dtype) if value.is_floating_point() else value.to(device)
 
 
 def log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info) -> None:

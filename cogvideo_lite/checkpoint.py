@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 PARTIAL_SUFFIX = ".partial"
 COMPLETE_MARKER = "COMPLETE"
 # Keys that may change between a run and its resumption without making it another run.
-RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "train.keep_checkpoints", "train.eval_every")
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "train.keep_checkpoints", "train.eval_every",
+                     "train.num_workers")
 
 
 class RunDirectoryError(RuntimeError):
@@ -134,7 +135,8 @@ class RunDirectory:
     def complete_tags(self) -> list[str]:
         if not self.checkpoints.exists():
             return []
-        tags = [p.name for p in self.checkpoints.iterdir() if p.is_dir() and (p / COMPLETE_MARKER).exists()]
+        tags = [p.name for p in self.checkpoints.iterdir()
+                if p.is_dir() and not p.name.endswith(PARTIAL_SUFFIX) and (p / COMPLETE_MARKER).exists()]
         return sorted(tags, key=_tag_step)
 
     def save(self, engine, step: int, client_state: dict[str, Any], export: Callable[[Path], None], keep: int) -> Path:

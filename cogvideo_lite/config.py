@@ -59,6 +59,7 @@ class TrainConfig:
     zero_stage: int = 2
     precision: str = "auto"  # auto: bf16 on GPU, float32 on CPU (bf16 matmul is ~25x slower on CPU)
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    num_workers: int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
     deepspeed_config: str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here
 
     def problems(self) -> list[str]:
@@ -76,6 +77,8 @@ class TrainConfig:
             out.append(f"train.zero_stage={self.zero_stage}: expected 0, 1, 2 or 3")
         if self.precision not in ("auto", "fp32", "bf16"):
             out.append(f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
+        if self.num_workers < 0:
+            out.append(f"train.num_workers={self.num_workers}: expected >= 0")
         if self.max_bad_steps < 1:
             out.append(f"train.max_bad_steps={self.max_bad_steps}: expected >= 1")
         return out
@@ -89,10 +92,12 @@ class SourceConfig:
     path: str
     frames: int = 48  # frames decoded per video (evenly spaced; capped at the video's length)
     repeat: int = 1  # each decoded frame appears this many times per epoch, each time with another random crop
+    limit: int = 0  # a folder: use only its first `limit` files (0 = all)
 
     def __post_init__(self):
-        if self.frames < 1 or self.repeat < 1:
-            raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}: expected >= 1")
+        if self.frames < 1 or self.repeat < 1 or self.limit < 0:
+            raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}, limit={self.limit}: "
+                             "expected frames >= 1, repeat >= 1, limit >= 0")
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,10 @@ from tqdm import tqdm
 from cogvideo_lite.data.captions import Problem, find_captions_file
 from cogvideo_lite.data.datasets import ClipDataset, ClipSample
 from cogvideo_lite.data.video import BadVideo, choose_start
-from cogvideo_lite.shards import CODES_DTYPE, ShardError, ShardWriter
+from cogvideo_lite.shards import CODES_DTYPE, TEXT_COPY, ShardError, ShardWriter
 from cogvideo_lite.text import DEFAULT_RATES, TextTokenizer, check_rates, parse_rates, sha256_of_file
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 from tokenizer.model import VQVAE
-
-TEXT_COPY = "text"  # the shard directory's copy of the text model it was encoded with
 
 logger = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
+TEXT_COPY = "text"  # the shard directory's copy of the text model its text ids come from
 CODES_FILE = "codes.npy"
 TEXT_FILE = "text.npy"
 FPS_FILE = "fps.npy"

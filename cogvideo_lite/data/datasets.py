@@ -247,7 +247,8 @@ class FrameDataset(Dataset):
     Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory with
     their shorter side at STORED_SCALE * size. Item: {"frames": (1, 3, S, S) float32 in [-1, 1],
     "caption": str ("" without captions), "index": int}. augment: a square crop of CROP_AREA_RANGE of the area
-    at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop."""
+    at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop. max_files > 0 keeps
+    only the first files of the sources."""
 
     def __init__(
         self,
@@ -257,12 +258,15 @@ class FrameDataset(Dataset):
         augment: bool = True,
         frames_per_video: int = 4,
         progress: bool = True,
+        max_files: int = 0,
     ):
         if size < 1 or frames_per_video < 1:
             raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
         self.size, self.seed, self.augment, self.epoch = size, seed, augment, 0
         self.report = DatasetReport()
         files = [pair for source in sources for pair in _frame_sources(Path(source), self.report)]
+        if max_files:
+            files = files[:max_files]  # the first `max_files` in listing order (captions order for a dataset)
         self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(STORED_SCALE * size)
         self.captions: list[str] = []
         stored_side = round(STORED_SCALE * size)

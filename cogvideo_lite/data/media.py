@@ -8,7 +8,6 @@ The mp4 settings follow what every player accepts: H.264, yuv420p, even width an
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -45,6 +44,8 @@ def write_mp4(path: str | Path, frames_uint8: np.ndarray, fps: float, crf: int =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = _pad_to_even(frames_uint8)
+    import av  # imported here: only writing video needs PyAV (machines that only train can go without it)
+
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height = frames.shape[2], frames.shape[1]

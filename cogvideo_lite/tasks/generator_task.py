@@ -25,8 +25,7 @@ from cogvideo_lite.generator_io import CheckpointMismatch, load_image_model, req
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
-from cogvideo_lite.prepare import TEXT_COPY
-from cogvideo_lite.shards import TokenShards
+from cogvideo_lite.shards import TEXT_COPY, TokenShards
 from cogvideo_lite.tasks.base import StepOutput
 from cogvideo_lite.text import TextTokenizer
 

@@ -93,11 +93,14 @@ class SourceConfig:
     frames: int = 48  # frames decoded per video (evenly spaced; capped at the video's length)
     repeat: int = 1  # each decoded frame appears this many times per epoch, each time with another random crop
     limit: int = 0  # a folder: use only its first `limit` files (0 = all)
+    scale: float = 1.5  # frames are kept with their shorter side at scale x frame size (larger: zoomed crops keep detail)
+    min_crop: float = 0.0  # > 0: crop sides log-uniform from this share of the shorter side to all of it; 0: 30-100% area
 
     def __post_init__(self):
-        if self.frames < 1 or self.repeat < 1 or self.limit < 0:
-            raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}, limit={self.limit}: "
-                             "expected frames >= 1, repeat >= 1, limit >= 0")
+        if self.frames < 1 or self.repeat < 1 or self.limit < 0 or self.scale < 1 or not 0 <= self.min_crop <= 1:
+            raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}, limit={self.limit}, "
+                             f"scale={self.scale}, min_crop={self.min_crop}: expected frames >= 1, repeat >= 1, "
+                             "limit >= 0, scale >= 1, 0 <= min_crop <= 1")
 
 
 @dataclass(frozen=True)

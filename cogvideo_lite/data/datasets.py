@@ -248,7 +248,9 @@ class FrameDataset(Dataset):
     their shorter side at STORED_SCALE * size. Item: {"frames": (1, 3, S, S) float32 in [-1, 1],
     "caption": str ("" without captions), "index": int}. augment: a square crop of CROP_AREA_RANGE of the area
     at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop. max_files > 0 keeps
-    only the first files of the sources."""
+    only the first files of the sources. stored_scale sets the stored shorter side (a multiple of `size`; larger keeps
+    detail for zoomed-in crops); min_crop_side switches to log-uniform crop sides from that fraction of the shorter
+    side up to all of it."""
 
     def __init__(
         self,
@@ -259,6 +261,8 @@ class FrameDataset(Dataset):
         frames_per_video: int = 4,
         progress: bool = True,
         max_files: int = 0,
+        stored_scale: float = STORED_SCALE,
+        min_crop_side: float | None = None,
     ):
         if size < 1 or frames_per_video < 1:
             raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
@@ -269,7 +273,8 @@ class FrameDataset(Dataset):
             files = files[:max_files]  # the first `max_files` in listing order (captions order for a dataset)
         self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(STORED_SCALE * size)
         self.captions: list[str] = []
-        stored_side = round(STORED_SCALE * size)
+        self.min_crop_side = min_crop_side
+        stored_side = round(stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
             try:
                 decoded = _load_image(path) if path.suffix.lower() in IMAGE_SUFFIXES else _load_video_frames(path, frames_per_video)
@@ -297,12 +302,24 @@ class FrameDataset(Dataset):
         flip = False
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
-            frame = _random_square_crop(frame, rng)
+            frame = (_random_square_crop(frame, rng) if self.min_crop_side is None
+                     else _log_uniform_square_crop(frame, rng, self.min_crop_side))
             flip = bool(rng.random() < 0.5)
         frames = to_model_frames(frame[None], self.size)  # (1, 3, S, S); centre crop of the shorter side
         if flip:
             frames = frames.flip(-1)
         return {"frames": frames, "caption": self.captions[index], "index": index}
+
+
+def _log_uniform_square_crop(frame: np.ndarray, rng: np.random.Generator, min_side: float) -> np.ndarray:
+    """A square whose side is log-uniform between `min_side` (a fraction of the shorter side) and the shorter side:
+    every zoom level equally likely, from fine texture to the whole frame. (H, W, 3) -> (s, s, 3)."""
+    height, width = frame.shape[:2]
+    shorter = min(height, width)
+    side = max(1, min(shorter, round(shorter * float(np.exp(rng.uniform(np.log(min_side), 0.0))))))
+    top = int(rng.integers(height - side + 1))
+    left = int(rng.integers(width - side + 1))
+    return frame[top : top + side, left : left + side]
 
 
 def _random_square_crop(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:

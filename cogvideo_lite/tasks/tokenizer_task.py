@@ -101,7 +101,8 @@ class TokenizerTask:
         self.module = TokenizerObjective(self.model, perceptual)
         self.dataset = RepeatedSources([
             (FrameDataset([resolve_source(source.path)], size=model_config.image_size, seed=config.train.seed,
-                          augment=True, frames_per_video=source.frames, max_files=source.limit), source.repeat)
+                          augment=True, frames_per_video=source.frames, max_files=source.limit,
+                          stored_scale=source.scale, min_crop_side=source.min_crop or None), source.repeat)
             for source in config.data.sources
         ])
         self.heldout = [resolve_source(s) for s in config.data.heldout]

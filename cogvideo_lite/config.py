@@ -57,7 +57,7 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int = 0  # 0 = evaluate only at the end
     zero_stage: int = 2
-    precision: str = "auto"  # auto: bf16 on GPU, float32 on CPU (bf16 matmul is ~25x slower on CPU)
+    precision: str = "auto"  # auto: bf16 on GPU, float32 on CPU (exact resume; bf16 CPU speed varies by processor)
     max_bad_steps: int = 5  # non-finite losses in a row before the run stops
     num_workers: int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
     deepspeed_config: str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here

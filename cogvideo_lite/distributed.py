@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass
 
 import torch
@@ -37,15 +38,19 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join (or create, for a single process) the default process group through DeepSpeed."""
     import deepspeed  # imported here: it is slow to import and only training needs it
 
-    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+    launched = "MASTER_PORT" in os.environ  # by deepspeed / torchrun, or a test spawning ranks itself
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", "0")):
         os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    # A lone process meets itself through a file rather than a TCP port: no port to find free, none to lose in a race.
+    init_method = None if launched else f"file://{tempfile.mkdtemp(prefix='cogvideo_lite_pg_')}/store"
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo", verbose=False, init_method=init_method,
+                                   rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),

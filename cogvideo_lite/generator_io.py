@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from cogvideo_lite.checkpoint import sha256_file
@@ -78,13 +79,21 @@ def read_spec(directory: Path) -> dict[str, Any]:
     return spec
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (never a pickle); a file that is not one is refused naming it."""
+    try:
+        return load_file(str(path))
+    except SafetensorError as error:
+        raise CheckpointMismatch(f"{path}: not a readable safetensors file ({error})") from None
+
+
 def load_image_model(directory: Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
     """The image-stage model, strictly loaded from safetensors."""
     spec = read_spec(directory)
     if spec["stage"] != "image":
         raise CheckpointMismatch(f"{directory}: a {spec['stage']} export where an image export was expected")
     model = Generator(GeneratorConfig(**_tuples(spec["model"])), layout_from_dict(spec["layout"]))
-    model.load_state_dict(load_file(str(Path(directory) / FULL_WEIGHTS)), strict=True)
+    model.load_state_dict(read_weights(Path(directory) / FULL_WEIGHTS), strict=True)
     return model.to(device).eval(), spec
 
 
@@ -110,7 +119,7 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
         if expected != actual:
             raise CheckpointMismatch(f"{directory}: {key} {expected} differs from the image export's {actual}")
     model.layout = layout_from_dict(spec["layout"])
-    model.load_temporal_state_dict(load_file(str(Path(directory) / TEMPORAL_WEIGHTS)))
+    model.load_temporal_state_dict(read_weights(Path(directory) / TEMPORAL_WEIGHTS))
     return model.to(device).eval(), spec
 
 

@@ -192,7 +192,7 @@ def _rank_worker(rank: int, world_size: int, port: int, directory: str) -> None:
 
 def test_two_ranks_keep_one_codebook_equal_to_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_rank_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2))
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2))
     for name in first:   # codebook, EMA statistics and usage counters alike
         assert torch.equal(first[name], second[name]), name
     single = make_quantizer(codebook_size=32, threshold=0.95, seed=0).train()

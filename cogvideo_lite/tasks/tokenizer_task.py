@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from cogvideo_lite.config import RunConfig
 from cogvideo_lite.data.datasets import FrameDataset
 from cogvideo_lite.tasks.base import StepOutput
 from tokenizer.io import save_tokenizer
-from tokenizer.losses import tokenizer_loss
+from tokenizer.discriminator import PatchDiscriminator
+from tokenizer.losses import hinge_d_loss, tokenizer_loss
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE
 
@@ -69,21 +71,39 @@ class RepeatedSources:
 
 
 class TokenizerObjective(nn.Module):
-    """What DeepSpeed wraps: the VQVAE plus its (frozen) perceptual network, returning the training loss."""
+    """What DeepSpeed wraps: the VQVAE, its frozen perceptual network and optional PatchGAN discriminator, returning
+    the training loss.
 
-    def __init__(self, model: VQVAE, perceptual: nn.Module | None):
+    The adversarial game runs in one optimizer step: the generator's adversarial term sees the discriminator's
+    weights as constants (a functional call with detached parameters), and the discriminator's hinge loss sees the
+    reconstruction as a constant, so each term moves only its own side.
+    """
+
+    def __init__(self, model: VQVAE, perceptual: nn.Module | None, discriminator: nn.Module | None):
         super().__init__()
         self.model = model
         self.perceptual = perceptual
+        self.discriminator = discriminator
 
     def forward(self, batch: dict[str, Any], step: int) -> StepOutput:
         frames = batch["frames"]  # (B, 1, 3, H, W) in [-1, 1]
         output = self.model(frames)
-        terms = tokenizer_loss(output, frames, self.model.config, step, perceptual=self.perceptual)
-        metrics = dict(terms.logs)
+        config = self.model.config
+        adversarial = self.discriminator is not None and step >= config.disc_start
+        disc_logits = None
+        if adversarial:
+            constants = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+            disc_logits = functional_call(self.discriminator, constants, (output.recon,))
+        terms = tokenizer_loss(output, frames, config, step, perceptual=self.perceptual, disc_logits=disc_logits,
+                               last_layer=self.model.last_layer if adversarial else None)
+        total, metrics = terms.total, dict(terms.logs)
+        if adversarial:
+            disc_loss = hinge_d_loss(self.discriminator(frames), self.discriminator(output.recon.detach()))
+            total = total + disc_loss
+            metrics["disc"] = float(disc_loss.detach())
         metrics["psnr"] = psnr(output.recon.detach().float().clamp(-1, 1), frames.float())
         metrics["usage"] = self.model.quantizer.usage()
-        return StepOutput(loss=terms.total, metrics=metrics)
+        return StepOutput(loss=total, metrics=metrics)
 
 
 class TokenizerTask:
@@ -98,7 +118,8 @@ class TokenizerTask:
             from tokenizer.perceptual import build_perceptual
 
             perceptual = build_perceptual(model_config.perceptual)
-        self.module = TokenizerObjective(self.model, perceptual)
+        discriminator = PatchDiscriminator() if model_config.disc_weight > 0 else None
+        self.module = TokenizerObjective(self.model, perceptual, discriminator)
         self.dataset = RepeatedSources([
             (FrameDataset([resolve_source(source.path)], size=model_config.image_size, seed=config.train.seed,
                           augment=True, frames_per_video=source.frames, max_files=source.limit,
@@ -108,7 +129,9 @@ class TokenizerTask:
         self.heldout = [resolve_source(s) for s in config.data.heldout]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """The VQVAE's and, when on, the discriminator's weights (the perceptual network stays frozen)."""
+        parts = [self.model] + ([self.module.discriminator] if self.module.discriminator is not None else [])
+        return [p for part in parts for p in part.parameters() if p.requires_grad]
 
     def num_samples(self) -> int:
         return len(self.dataset)

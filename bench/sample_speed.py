@@ -1,0 +1,128 @@
+"""Sampling speed: seconds for one full 33-frame video (frame 0, 5 key frames, 3 interpolation rounds, decode),
+with and without the KV cache, at batch 1 and batch 8.
+
+    python -m bench.sample_speed [--size tiny] [--batches 1 8] [--uncached-rounds 3] [--threads 1] [--json OUT]
+
+The bundle is random (built in seconds, no training): a real sentencepiece model on the built-in captions, a
+random frame tokenizer and random generator stages of the registered size, saved and loaded through
+`Pipeline.load` as `sample.py` does. Speed does not depend on the weight values. A batch of B is B samples of one
+prompt in one `generate_videos` call (batch_size = B). The uncached path reruns the whole sequence for every token;
+it is measured once at batch 1; `--uncached-rounds` below 3 measures a shorter video (fewer frames), which the
+table shows in its `frames` column; nothing is extrapolated.
+A per-step breakdown (frame 0, key frames, each round, decode) of the cached batch-1 video comes from timing the
+same calls one by one.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.common import KEY_FRAMES, base_parser, generator_layout, machine_info, measure, report, set_threads
+from bench.common import text_tokenizer as build_text_tokenizer
+from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.generator_io import load_image_model, save_stage
+from cogvideo_lite.model.config import GENERATOR_SIZES
+from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
+from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.transformer import Generator
+from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts, generate_videos
+from tokenizer.config import TOKENIZER_SIZES
+from tokenizer.io import WEIGHTS_FILE, save_tokenizer
+from tokenizer.model import VQVAE
+
+PROMPT = "a red circle moves left slowly"
+KEY_RATE = 1  # CogVideo's hierarchy: key frames at 1 fps, then 2, 4 and 8 fps
+FULL_ROUNDS = 3  # 5 -> 9 -> 17 -> 33 frames
+KNOBS = SamplingKnobs()  # temperature 1, no top-k / top-p, no guidance
+
+
+def frames_after(rounds: int) -> int:
+    return (KEY_FRAMES - 1) * 2**rounds + 1
+
+
+def build_random_bundle(root: Path, size: str) -> Path:
+    """Write tokenizer/, text/, image/, keyframe/, interpolate/ of random weights at `size` into `root`."""
+    root = Path(root)
+    text = build_text_tokenizer(root / "text")
+    tokenizer_config = TOKENIZER_SIZES[size]
+    save_tokenizer(VQVAE(tokenizer_config).eval(), root / "tokenizer")
+    contracts = {"text": text.spec, "rates": list(text.rates),
+                 "frame_tokenizer": {"config": tokenizer_config.to_dict(),
+                                     "weights_sha256": sha256_file(root / "tokenizer" / WEIGHTS_FILE)}}
+    layout = generator_layout(size, "image", text.vocab_size)
+    image = Generator(GENERATOR_SIZES[size], layout).eval()
+    save_stage(image, root / "image", "image", json.loads(json.dumps(contracts)))
+    for stage in ("keyframe", "interpolate"):
+        model, _ = load_image_model(root / "image")
+        model.layout = layout.with_frames(KEY_FRAMES)
+        model.initialise_temporal_from_spatial()
+        save_stage(model, root / stage, stage, json.loads(json.dumps(contracts)), image_dir=root / "image")
+    return root
+
+
+def video(pipeline: Pipeline, batch: int, rounds: int, use_cache: bool) -> None:
+    generate_videos(pipeline, [PROMPT], KNOBS, key_rate=KEY_RATE, rounds=rounds, seed=0, num_samples=batch,
+                    batch_size=batch, use_cache=use_cache, progress=False)
+
+
+def breakdown(pipeline: Pipeline) -> dict[str, float]:
+    """Seconds of each step of one cached batch-1 video, run one by one with the pipeline's models."""
+    text_ids, text_pad = encode_prompts(pipeline, [PROMPT])  # (1, L)
+    boi = pipeline.text.boi_id
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, call):
+        start = time.perf_counter()
+        out = call()
+        seconds[name] = time.perf_counter() - start
+        return out
+
+    fps = torch.tensor([pipeline.text.fps_id(KEY_RATE)])
+    first = timed("frame 0", lambda: generate_image(pipeline.image, text_ids, text_pad, fps, boi, KNOBS, 0))
+    codes = timed("key frames", lambda: generate_keyframes(pipeline.keyframe, text_ids, text_pad, fps, boi, first,
+                                                           KEY_FRAMES, KNOBS, 1))
+    for round_index in range(FULL_ROUNDS):
+        rate = torch.tensor([pipeline.text.fps_id(KEY_RATE * 2 ** (round_index + 1))])
+        codes = timed(f"round {round_index + 1}", lambda: interpolate(pipeline.interpolate, text_ids, text_pad, rate,
+                                                                      boi, codes, KNOBS, 2 + round_index))
+    timed("decode", lambda: decode_codes(pipeline, codes))
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = base_parser(__doc__.splitlines()[0], warmup=1, repeats=2)
+    parser.add_argument("--size", default="tiny", choices=list(GENERATOR_SIZES))
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="cached batch sizes")
+    parser.add_argument("--uncached-rounds", type=int, default=0, choices=range(FULL_ROUNDS + 1),
+                        help="interpolation rounds of the uncached batch-1 video (3 = the full 33 frames; slow)")
+    parser.add_argument("--uncached-repeats", type=int, default=1, help="timed runs of the uncached video")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        pipeline = Pipeline.load(build_random_bundle(Path(scratch), args.size))
+        cases = [(batch, FULL_ROUNDS, True, args.warmup, args.repeats) for batch in args.batches]
+        cases.append((1, args.uncached_rounds, False, 0, args.uncached_repeats))
+        for batch, rounds, use_cache, warmup, repeats in cases:
+            timing = measure(lambda: video(pipeline, batch, rounds, use_cache), warmup, repeats)
+            rows.append({"cache": "yes" if use_cache else "no", "batch": batch, "frames": frames_after(rounds),
+                         "repeats": repeats, "s/call": timing.seconds, "s/video": timing.seconds / batch,
+                         "CPU s/call": timing.cpu_seconds})
+        steps = breakdown(pipeline)
+    notes = [f"size {args.size}; one prompt, B samples per call; cached batch-1 breakdown (s): "
+             + ", ".join(f"{name} {value:.2f}" for name, value in steps.items())]
+    return report("sample_speed", "one video from the prompt (median of repeats)", rows, args.json,
+                  {"size": args.size, "batches": args.batches, "uncached_rounds": args.uncached_rounds,
+                   "warmup": args.warmup, "repeats": args.repeats, "breakdown_seconds": steps},
+                  machine_info(), notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import re
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same arguments -> same videos)")
     parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
     parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
+    parser.add_argument("--interp-top-k", type=int,
+                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 turns it off")
     parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
     parser.add_argument("--batch-size", type=int, default=8, help="(prompt, sample) pairs generated together")
@@ -75,6 +77,8 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sa
         (args.temperature > 0, f"--temperature {args.temperature}: must be > 0; try --temperature 1.0"),
         (args.top_k is None or args.top_k >= 1,
          f"--top-k {args.top_k}: must be an integer >= 1; leave it out to keep every code"),
+        (args.interp_top_k is None or args.interp_top_k >= 1,
+         f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k"),
         (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]; try --top-p 0.9, or 1 to turn it off"),
         (args.cfg >= 0, f"--cfg {args.cfg}: the guidance scale must be >= 0; 1 means no guidance, try --cfg 3"),
         (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
@@ -227,11 +231,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
                 args.num_samples, rate, rounds, rate * 2 ** rounds, device)
+    interpolation_knobs = knobs if args.interp_top_k is None else replace(knobs, top_k=args.interp_top_k)
     videos = generate_videos(pipeline, prompts, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
-                             batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given)
+                             batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given,
+                             interpolation_knobs=interpolation_knobs)
     args.out.mkdir(parents=True, exist_ok=True)
     entries = write_videos(args.out, videos, prompts)
-    listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs), "key_rate": rate, "rounds": rounds,
+    listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs),
+               "interpolation_knobs": asdict(interpolation_knobs), "key_rate": rate, "rounds": rounds,
                "seed": args.seed, "use_cache": not args.no_cache, "samples": entries}
     (args.out / "samples.json").write_text(json.dumps(listing, indent=2) + "\n")
     print(f"wrote {len(entries)} video(s) to {args.out} (listed in {args.out / 'samples.json'})")

@@ -163,8 +163,10 @@ class RunDirectory:
     def _rotate(self, keep: int) -> None:
         latest = self.latest_tag()
         for tag in self.complete_tags()[:-keep]:
-            if tag != latest:
-                shutil.rmtree(self.checkpoints / tag, ignore_errors=True)
+            if tag != latest:  # renamed first, so a kill during the delete never leaves a half checkpoint "complete"
+                doomed = self.checkpoints / (tag + PARTIAL_SUFFIX)
+                os.replace(self.checkpoints / tag, doomed)
+                shutil.rmtree(doomed, ignore_errors=True)
         for stale in self.checkpoints.glob(f"*{PARTIAL_SUFFIX}"):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -188,8 +190,14 @@ class RunDirectory:
         """On resume, drop metric lines written after the checkpoint we resume from (they will be written again)."""
         if not self.metrics_path.exists():
             return
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= after_step]
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a crash: it is written again
+                continue
+            if record.get("step", 0) <= after_step:
+                kept.append(line)
         write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
 

@@ -36,7 +36,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-clips", type=int, help="reference clips to read (default: prompts x seeds)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0")
     parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
+    parser.add_argument("--interp-top-k", type=int,
+                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
     parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
     parser.add_argument("--i3d", type=Path, help="I3D TorchScript file for FVD (needs --ckpt and --reference)")
@@ -270,6 +272,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"{flag} compares generated videos with reference clips: give --ckpt and --reference too")
         if path is not None and not path.is_file():
             parser.error(f"{flag} {path}: no such file; give the local TorchScript weights (nothing is downloaded)")
+    if args.interp_top_k is not None and args.interp_top_k < 1:
+        parser.error(f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k")
     try:
         return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              guidance_scale=args.cfg)
@@ -303,7 +307,9 @@ def choose_rounds(parser: argparse.ArgumentParser, rates: tuple[int, ...], round
 def generate(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs, rate: int, rounds: int,
              args: argparse.Namespace) -> tuple[list, list | None]:
     """Videos at key rate r with `rounds` rounds and, where 2r is a configured rate, key frames at 2r."""
-    common = dict(knobs=knobs, seed=args.seed, num_samples=args.seeds, batch_size=args.batch_size)
+    interpolation_knobs = knobs if args.interp_top_k is None else replace(knobs, top_k=args.interp_top_k)
+    common = dict(knobs=knobs, seed=args.seed, num_samples=args.seeds, batch_size=args.batch_size,
+                  interpolation_knobs=interpolation_knobs)
     videos = generate_videos(pipeline, prompts, key_rate=rate, rounds=rounds, **common)
     doubled = generate_videos(pipeline, prompts, key_rate=2 * rate, rounds=0, **common) \
         if 2 * rate in pipeline.rates else None

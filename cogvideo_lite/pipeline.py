@@ -158,12 +158,16 @@ def derive_seed(seed: int, batch_index: int, step: int) -> int:
 
 def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs, key_rate: int, rounds: int,
                     seed: int, num_samples: int = 1, batch_size: int = 8, use_cache: bool = True,
-                    progress: bool = True, init_codes: torch.Tensor | None = None) -> list[Video]:
+                    progress: bool = True, init_codes: torch.Tensor | None = None,
+                    interpolation_knobs: SamplingKnobs | None = None) -> list[Video]:
     """`num_samples` videos per prompt, prompt by prompt. init_codes (B, k, h, w) int64, B = 1 or len(prompts),
     1 <= k <= key frames: given first key frames (the image model is skipped; with k = all key frames only the
-    interpolation rounds run)."""
-    if not isinstance(knobs, SamplingKnobs):
-        raise ValueError(f"knobs: expected SamplingKnobs, got {type(knobs).__name__}")
+    interpolation rounds run). interpolation_knobs: the rounds' own knobs (default `knobs`); greedy in-betweens
+    (top_k=1) stay on the line between their neighbours while the key frames keep their variety."""
+    interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
+    for name, value in (("knobs", knobs), ("interpolation_knobs", interpolation_knobs)):
+        if not isinstance(value, SamplingKnobs):
+            raise ValueError(f"{name}: expected SamplingKnobs, got {type(value).__name__}")
     check_rate_and_rounds(pipeline.rates, key_rate, rounds)
     for name, value, least in (("num_samples", num_samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         _check_integer(name, value, least)
@@ -185,7 +189,8 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
             label = f"batch {batch_index + 1}/{len(batches)}"
             keys = _key_frames(pipeline, text_ids[rows], text_pad[rows], key_rate, given, knobs, seed,
                                batch_index, use_cache, bar, label)
-            codes = _interpolation_rounds(pipeline, keys, text_ids[rows], text_pad[rows], key_rate, rounds, knobs,
+            codes = _interpolation_rounds(pipeline, keys, text_ids[rows], text_pad[rows], key_rate, rounds,
+                                          interpolation_knobs,
                                           [derive_seed(seed, batch_index, FIRST_ROUND_STEP + k) for k in range(rounds)],
                                           use_cache, bar, label)  # (b, T, h, w)
             bar.set_description(f"{label}: decode")

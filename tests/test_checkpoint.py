@@ -228,3 +228,10 @@ def test_publish_replaces_the_export_and_a_stale_temporary_copy(run):
     assert sorted(p.name for p in run.export_dir.iterdir()) == [EXPORT_FILE]
     assert (run.export_dir / EXPORT_FILE).read_text() == tag(4) + PARTIAL_SUFFIX
     assert not (run.root / "model.tmp").exists()
+
+
+def test_truncating_metrics_drops_a_line_cut_short_by_a_crash(tmp_path):
+    run = RunDirectory(tmp_path)
+    run.metrics_path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    run.truncate_metrics(2)
+    assert run.metrics_path.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'

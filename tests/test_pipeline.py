@@ -299,3 +299,17 @@ def test_bundle_refuses_parts_that_do_not_belong_together(bundle, tmp_path):
     with pytest.raises(SystemExit) as raised:
         bundle_main(["--out", str(tmp_path / "out"), "--bf16"] + arguments)
     assert raised.value.code == 2 and not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def test_interpolation_knobs_apply_to_the_rounds_alone(pipeline):
+    greedy = SamplingKnobs(temperature=1.0, top_k=1)
+    plain = generate(pipeline, rounds=2)
+    mixed = generate(pipeline, rounds=2, interpolation_knobs=greedy)
+    for a, b in zip(plain, mixed):
+        assert torch.equal(a.codes[a.key_indices], b.codes[b.key_indices])  # key frames untouched by the knob
+    keys = torch.stack([video.codes[video.key_indices] for video in mixed])  # (B, 5, h, w)
+    prompts = [video.prompt for video in mixed]
+    # greedy in-betweens depend on the key frames alone, not on the seed the rounds draw from
+    again = interpolate_codes(pipeline, keys, prompts, 1, 2, greedy, seed=12345)
+    assert torch.equal(again, torch.stack([video.codes for video in mixed]))
+    assert not torch.equal(torch.stack([v.codes for v in plain]), torch.stack([v.codes for v in mixed]))

@@ -68,8 +68,14 @@ def parse_rates(text: str) -> tuple[int, ...]:
 
 
 def check_rates(rates: tuple[int, ...]) -> None:
+    """Distinct positive rates, each twice the one before once sorted (1, 2, 4, 8): every interpolation round
+    doubles the frame rate, so the hierarchy 5 -> 9 -> 17 -> 33 frames needs a doubling set."""
     if not rates or any(rate <= 0 for rate in rates) or len(set(rates)) != len(rates):
         raise ValueError(f"rates must be distinct positive integers, got {rates!r}")
+    ordered = sorted(rates)
+    if any(high != 2 * low for low, high in zip(ordered, ordered[1:])):
+        raise ValueError(f"rates {tuple(rates)!r} do not double: each rate must be twice the one before "
+                         f"(e.g. 1,2,4,8), since every interpolation round doubles the frame rate")
 
 
 def sha256_of_file(path: Path) -> str:

@@ -117,8 +117,10 @@ def test_other_arguments_or_tokenizer_are_refused(prepared, dataset, tokenizers,
 def test_config_and_rate_errors_are_clear(dataset, tokenizers, tmp_path):
     with pytest.raises(ValueError, match=r"part_size=5: expected a multiple of batch_size=2"):
         make_config(dataset, tokenizers, tmp_path, part_size=5)
-    with pytest.raises(ValueError, match=r"fps tokens for rates \(1, 2, 4, 8\), not for \[3\]"):
-        prepare(make_config(dataset, tokenizers, tmp_path, rates=(1, 3)), progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"fps tokens for rates \(1, 2, 4, 8\), not for \[16\]"):
+        prepare(make_config(dataset, tokenizers, tmp_path, rates=(1, 2, 4, 8, 16)), progress=False, device="cpu")
+    with pytest.raises(ValueError, match=r"rates \(1, 3\) do not double"):
+        make_config(dataset, tokenizers, tmp_path, rates=(1, 3))
 
 
 def test_a_dataset_without_usable_clips_is_an_error_that_writes_nothing(dataset, tokenizers, tmp_path):

@@ -98,5 +98,7 @@ def test_too_small_vocabulary_and_bad_rates_are_clear_errors(tmp_path):
         train_text_model(CAPTIONS, tmp_path / "text.model", 64, RATES)
     with pytest.raises(ValueError, match="distinct positive integers"):
         parse_rates("1,2,2")
+    with pytest.raises(ValueError, match="do not double"):
+        parse_rates("1,2,3")
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_rates("1,two")

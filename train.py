@@ -132,7 +132,7 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
         if done % train.save_every == 0 or done == train.steps:
             run.save(engine, done, {"step": done}, task.export, train.keep_checkpoints)
     bar.close()
-    check_replicas(task, run, dist_info)
+    check_replicas(task, run, train.steps, dist_info)
     evaluate(task, run, train.steps, dist_info)
     if dist_info.is_main:
         tag = run.latest_tag()
@@ -184,20 +184,15 @@ def log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per
     bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics and math.isfinite(metrics[k])})
 
 
-def check_replicas(task: Task, run: RunDirectory, dist_info: distributed.DistInfo) -> None:
+def check_replicas(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo) -> None:
     """Every rank must end with the same weights and buffers (codebooks included); say so in the metrics."""
     if dist_info.world_size == 1:
         return
     identical = distributed.replicas_identical(task.module)
     if dist_info.is_main:
-        run.log_metrics({"step": config_steps(run), "replicas_identical": identical})
+        run.log_metrics({"step": step, "replicas_identical": identical})
         if not identical:
             logger.error("ranks ended with different weights or buffers: a rank-local update is out of step")
-
-
-def config_steps(run: RunDirectory) -> int:
-    tag = run.latest_tag()
-    return int(tag.split("-")[1]) if tag else 0
 
 
 def evaluate(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo) -> None:

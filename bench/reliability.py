@@ -38,7 +38,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -388,34 +387,10 @@ class ReferenceRuns:
 def build_bad_input_corpus(root: Path) -> int:
     """The mixed corpus of tests/test_bad_inputs.py under `root`; returns how many of its entries are bad."""
     from tests.conftest import write_video
-    from tests.test_bad_inputs import moving_bar
+    from tests.test_bad_inputs import build_corpus
 
-    generate(root, 3, seed=1, spec=ClipSpec(size=32), progress=False)
-    good_clip = (root / "clips/000000.mp4").read_bytes()
-    bad = root / "bad"
-    bad.mkdir()
-    (bad / "empty.mp4").write_bytes(b"")
-    (bad / "truncated.mp4").write_bytes(good_clip[: len(good_clip) // 2])
-    (bad / "text.mp4").write_text("this is a text file with a video name\n")
-    write_video(bad / "short.mp4", moving_bar(10, 32, 32), 24)  # 0.42 s < 0.5 s
-    write_video(bad / "one_frame.mp4", moving_bar(1, 32, 32), 24)
-    write_video(root / "odd.mp4", moving_bar(24, 47, 63), 24, pix_fmt="yuv444p")
-    gray = np.broadcast_to(np.linspace(30, 220, 24).astype(np.uint8)[:, None, None], (24, 40, 40)).copy()
-    write_video(root / "gray.mkv", gray, 24, codec="ffv1", pix_fmt="gray")
-    (root.parent / "outside.mp4").write_bytes(good_clip)
-    entries = [{"video": f"bad/{name}.mp4", "caption": "a caption"}
-               for name in ("empty", "truncated", "text", "short", "one_frame")]
-    entries += [{"video": "odd.mp4", "caption": "an odd-sized bar"}, {"video": "gray.mkv", "caption": "a grey fade"}]
-    lines = [json.dumps(entry).encode() for entry in entries] + [
-        json.dumps({"video": "clips/000001.mp4"}).encode(),  # no caption
-        b'{"video": "clips/000002.mp4", "caption": "na\xefve"}',  # latin-1
-        b'{"video": "clips/000002.mp4" "caption": "x"}',  # missing comma
-        json.dumps({"video": "clips/000000.mp4", "caption": "again"}).encode(),  # duplicate
-        json.dumps({"video": "../outside.mp4", "caption": "a caption"}).encode(),  # outside the dataset
-    ]
-    captions = root / "captions.jsonl"
-    captions.write_bytes(captions.read_bytes().rstrip(b"\n") + b"\n" + b"\n".join(lines) + b"\n")
-    return 5 + 5  # five bad videos, five bad caption lines
+    _, expected_bad = build_corpus(root, write_video)
+    return len(expected_bad)
 
 
 def count_bad_inputs(work: Path) -> dict:

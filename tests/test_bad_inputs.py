@@ -27,10 +27,8 @@ def moving_bar(num_frames: int, height: int, width: int) -> np.ndarray:
     return frames
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, video_writer):
-    """(root, good video names, {bad name: reason}) of a mixed dataset."""
-    root = tmp_path_factory.mktemp("corpus") / "data"
+def build_corpus(root: Path, video_writer) -> tuple[set[str], dict[str, str]]:
+    """A mixed dataset at `root` (also the corpus of bench/reliability.py): (good videos, {bad entry: reason})."""
     generate(root, 3, seed=1, spec=ClipSpec(size=32), progress=False)
     good_clip = (root / "clips/000000.mp4").read_bytes()
     bad = root / "bad"
@@ -77,6 +75,14 @@ def corpus(tmp_path_factory, video_writer):
         f"{captions_file}:15": "path outside dataset",
     }
     good = {str((root / name).resolve()) for name in ("clips/000000.mp4", "clips/000001.mp4", "clips/000002.mp4", "odd.mp4", "gray.mkv")}
+    return good, expected_bad
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, video_writer):
+    """(root, good video names, {bad name: reason}) of a mixed dataset."""
+    root = tmp_path_factory.mktemp("corpus") / "data"
+    good, expected_bad = build_corpus(root, video_writer)
     return root, good, expected_bad
 
 

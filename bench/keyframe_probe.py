@@ -1,23 +1,43 @@
-"""Does the key-frame model move the object when it starts from a real first frame?
+"""Each video stage on real inputs, apart from the others.
 
     python -m bench.keyframe_probe --ckpt checkpoints/shapes-tiny --shards runs/shards-tiny [--count 24] [--top-k 1]
 
-Takes shard samples at 1 fps, gives the key-frame model their true frame 0 (and caption), generates frames 1..4, and
-compares the direction found by the analytic checker with the true clip's. Separates the key-frame model's motion from
-the image model's first frame: `python -m cogvideo_lite.evaluate shapes` measures the two together.
+Takes shard samples at the lowest rate (1 fps) and measures, with the analytic checker:
+- key frames: the key-frame model gets the true frame 0 and caption and generates frames 1..4; the direction it
+  shows is compared with the true clip's, and the speed ratio (mean key-frame displacement of `quickly` over
+  `slowly` captions, ideal 2) is computed from the generated frames;
+- interpolation: the interpolation model fills the TRUE key frames to 33 frames (3 rounds); the interpolation
+  error is that of `python -m cogvideo_lite.evaluate shapes` (pixels between each in-between's object and where
+  its neighbours put it).
+`python -m cogvideo_lite.evaluate shapes` measures the whole chain (frame 0 -> key frames -> interpolation).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from cogvideo_lite.checker import check_video
 from cogvideo_lite.model.generate import generate_keyframes
 from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Pipeline, decode_codes
+from cogvideo_lite.pipeline import Pipeline, decode_codes, interpolate_codes
 from cogvideo_lite.shards import TokenShards
+
+ROUNDS = 3
+
+
+def _speed_ratio(checks, captions) -> float | None:
+    by_speed = {"slowly": [], "quickly": []}
+    for check, caption in zip(checks, captions):
+        if check.key_displacement is not None:
+            by_speed[caption.split()[-1]].append(check.key_displacement)
+    if not by_speed["slowly"] or not by_speed["quickly"]:
+        return None
+    return float(np.mean(by_speed["quickly"]) / np.mean(by_speed["slowly"]))
 
 
 def main(argv=None) -> dict:
@@ -27,25 +47,39 @@ def main(argv=None) -> dict:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json")
     args = parser.parse_args(argv)
     pipeline = Pipeline.load(args.ckpt)
     shards = TokenShards(args.shards)
     rate = min(pipeline.rates)
     indices = shards.indices_with_rate([rate])[:args.count]
     items = [shards[i] for i in indices]
+    captions = [shards.source(index)["caption"] for index in indices]
     codes = torch.stack([item["codes"] for item in items])  # (B, 5, h, w)
     text = torch.stack([item["text"] for item in items])
     fps = torch.full((len(items),), pipeline.text.fps_id(rate))
+    knobs = SamplingKnobs(top_k=args.top_k)
     generated = generate_keyframes(pipeline.keyframe, text, text == pipeline.text.pad_id, fps, pipeline.text.boi_id,
-                                   codes[:, :1], codes.shape[1], SamplingKnobs(top_k=args.top_k), args.seed)
+                                   codes[:, :1], codes.shape[1], knobs, args.seed)
     truth_frames, fake_frames = decode_codes(pipeline, codes), decode_codes(pipeline, generated)
-    agree = 0
-    for row, index in enumerate(indices):
+    filled = interpolate_codes(pipeline, codes, captions, rate, ROUNDS, knobs, args.seed)  # (B, 33, h, w)
+    filled_frames = decode_codes(pipeline, filled)
+    stride = 2 ** ROUNDS
+    agree, fake_checks, errors = 0, [], []
+    for row, caption in enumerate(captions):
         truth, fake = check_video(truth_frames[row]), check_video(fake_frames[row])
+        fake_checks.append(fake)
         agree += truth.direction == fake.direction
-        print(f"{shards.source(index)['caption']:40s} truth {truth.direction:6s} generated {fake.direction}")
-    result = {"samples": len(indices), "direction_agreement": agree / max(1, len(indices))}
+        errors += check_video(filled_frames[row], list(range(0, filled.shape[1], stride))).interpolation_errors
+        print(f"{caption:40s} truth {truth.direction:6s} generated {fake.direction}")
+    result = {"samples": len(indices), "direction_agreement": agree / max(1, len(indices)),
+              "speed_ratio": _speed_ratio(fake_checks, captions),
+              "interpolation_error_on_true_key_frames": float(np.mean(errors)) if errors else None,
+              "interpolated_frames": len(errors)}
     print(f"direction of generated key frames = direction of the real clip: {agree}/{len(indices)}")
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"ckpt": args.ckpt, **result}, indent=2))
     return result
 
 

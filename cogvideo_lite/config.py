@@ -12,6 +12,7 @@ This module knows the shape of configs, not what a stage does with them. The gen
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -95,12 +96,14 @@ class SourceConfig:
     limit: int = 0  # a folder: use only its first `limit` files (0 = all)
     scale: float = 1.5  # frames are kept with their shorter side at scale x frame size (larger: zoomed crops keep detail)
     min_crop: float = 0.0  # > 0: crop sides log-uniform from this share of the shorter side to all of it; 0: 30-100% area
+    hue: float = 0.0  # > 0: each crop's hue turns by a uniform angle within +-hue turns (0.5: any hue); luma is kept
 
     def __post_init__(self):
-        if self.frames < 1 or self.repeat < 1 or self.limit < 0 or self.scale < 1 or not 0 <= self.min_crop <= 1:
+        if (self.frames < 1 or self.repeat < 1 or self.limit < 0 or self.scale < 1 or not 0 <= self.min_crop <= 1
+                or not 0 <= self.hue <= 0.5):
             raise ValueError(f"source {self.path!r}: frames={self.frames}, repeat={self.repeat}, limit={self.limit}, "
-                             f"scale={self.scale}, min_crop={self.min_crop}: expected frames >= 1, repeat >= 1, "
-                             "limit >= 0, scale >= 1, 0 <= min_crop <= 1")
+                             f"scale={self.scale}, min_crop={self.min_crop}, hue={self.hue}: expected frames >= 1, "
+                             "repeat >= 1, limit >= 0, scale >= 1, 0 <= min_crop <= 1, 0 <= hue <= 0.5")
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,12 @@ class RunConfig:
     tokenizer: TokenizerConfig | None = None  # tokenizer stage only
     model: GeneratorConfig | None = None  # generator stages only
     image_checkpoint: str = ""  # video stages: the image-stage run whose frozen weights they extend
+    # keyframe stage: the loss covers frame 0 too, so the key-frame model generates the whole key-frame sequence
+    # (CogVideo) and sampling takes frame 0 from it, at a position that fits the captioned motion and rate.
+    learn_first_frame: bool = False
+    # fine-tuning: the tokenizer stage starts from this exported tokenizer (same config), a video stage its temporal
+    # weights from this export of the same stage on the same image weights
+    init_from: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -209,6 +218,10 @@ def _cross_field_problems(config: RunConfig) -> list[str]:
         out.append(f"image_checkpoint: expected the image-stage run directory that the {config.stage} stage extends")
     if config.stage not in VIDEO_STAGES and config.image_checkpoint:
         out.append(f"image_checkpoint: only the video stages extend an image checkpoint, not the {config.stage} stage")
+    if config.learn_first_frame and config.stage != "keyframe":
+        out.append(f"learn_first_frame: only the keyframe stage generates frame 0, not the {config.stage} stage")
+    if config.init_from and config.stage == "image":
+        out.append("init_from: the image stage always starts afresh (the video stages are trained on its weights)")
     return out
 
 
@@ -267,6 +280,9 @@ def build_dataclass(cls, raw: Any, where: str, problems: list[str] | None = None
     return result
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -305,6 +321,8 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
             coerced.append(item)
         return True, tuple(coerced)
     if hint is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return True, float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
         return True, float(value)

@@ -5,6 +5,7 @@ the text tokenizer and the three generator stages. `generate_videos` runs CogVid
 section 3.1; DESIGN.md section 5) for every (prompt, sample) pair, in batches:
 
     frame 0        image model, spatial channel alone          fps token of the key-frame rate r
+                   (or the key-frame model, when it was trained with `learn_first_frame`)
     frames 1..T-1  key-frame model (T = its layout, 5)          fps token r
     round k        interpolation model, every triplet at once   fps token r * 2**k (the round's OUTPUT rate)
     decode         frame tokenizer, all frames of the batch
@@ -54,6 +55,7 @@ class Pipeline:
     interpolate: Generator
     rates: tuple[int, ...]
     device: torch.device
+    keyframe_makes_first_frame: bool = False  # the key-frame model learnt frame 0 (`learn_first_frame`)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
@@ -62,11 +64,12 @@ class Pipeline:
         parts = resolve_parts(directory)
         specs = check_contracts(parts)
         image, _ = load_image_model(parts["image"], device)
-        keyframe, _ = load_stage(parts["keyframe"], image_dir=parts["image"], device=device)
+        keyframe, keyframe_spec = load_stage(parts["keyframe"], image_dir=parts["image"], device=device)
         interpolation, _ = load_stage(parts["interpolate"], image_dir=parts["image"], device=device)
         return cls(directory=directory, tokenizer=load_tokenizer(parts["tokenizer"], device),
                    text=TextTokenizer.load(parts["text"]), image=image, keyframe=keyframe,
-                   interpolate=interpolation, rates=tuple(specs["image"]["rates"]), device=device)
+                   interpolate=interpolation, rates=tuple(specs["image"]["rates"]), device=device,
+                   keyframe_makes_first_frame=bool(keyframe_spec.get("learns_first_frame", False)))
 
     @property
     def num_key_frames(self) -> int:
@@ -161,7 +164,7 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
                     progress: bool = True, init_codes: torch.Tensor | None = None,
                     interpolation_knobs: SamplingKnobs | None = None) -> list[Video]:
     """`num_samples` videos per prompt, prompt by prompt. init_codes (B, k, h, w) int64, B = 1 or len(prompts),
-    1 <= k <= key frames: given first key frames (the image model is skipped; with k = all key frames only the
+    1 <= k <= key frames: given first key frames (frame 0 is not generated; with k = all key frames only the
     interpolation rounds run). interpolation_knobs: the rounds' own knobs (default `knobs`); greedy in-betweens
     (top_k=1) stay on the line between their neighbours while the key frames keep their variety."""
     interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
@@ -179,7 +182,8 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
     pairs = [(prompt, sample) for prompt in range(len(prompts)) for sample in range(num_samples)]
     batches = [pairs[start:start + batch_size] for start in range(0, len(pairs), batch_size)]
     num_given = 0 if init_codes is None else init_codes.shape[1]
-    steps_per_batch = (num_given == 0) + (num_given < pipeline.num_key_frames) + rounds + 1
+    image_step = num_given == 0 and not pipeline.keyframe_makes_first_frame
+    steps_per_batch = image_step + (num_given < pipeline.num_key_frames) + rounds + 1
     videos = []
     with tqdm(total=len(batches) * steps_per_batch, disable=not progress, unit="step") as bar:
         for batch_index, batch in enumerate(batches):
@@ -207,9 +211,13 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
 def _key_frames(pipeline: Pipeline, text_ids: torch.Tensor, text_pad: torch.Tensor, key_rate: int,
                 given: torch.Tensor | None, knobs: SamplingKnobs, seed: int, batch_index: int, use_cache: bool,
                 bar: tqdm, label: str) -> torch.Tensor:
-    """Key frames (b, T, h, w): frame 0 from the image model unless given, the rest from the key-frame model."""
+    """Key frames (b, T, h, w): frame 0 from the image model unless given (or made by the key-frame model), the rest
+    from the key-frame model."""
     fps_ids = torch.full((text_ids.shape[0],), pipeline.text.fps_id(key_rate), device=pipeline.device)
     boi_id = pipeline.text.boi_id
+    if given is None and pipeline.keyframe_makes_first_frame:
+        given = torch.zeros(text_ids.shape[0], 0, *pipeline.image.layout.grid, dtype=torch.long,
+                            device=pipeline.device)  # (b, 0, h, w): the key-frame model starts at frame 0
     if given is None:
         bar.set_description(f"{label}: frame 0")
         given = generate_image(pipeline.image, text_ids, text_pad, fps_ids, boi_id, knobs,

@@ -64,3 +64,24 @@ def test_stage_rules():
         config_from_dict({"stage": "keyframe", "run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"}})
     with pytest.raises(ConfigError, match="data.shards: expected a token-shard directory"):
         config_from_dict({"stage": "image", "run_dir": "r", "model": {"size": "tiny"}})
+
+
+def test_exponent_floats_without_a_dot_are_floats():
+    """YAML 1.1 reads `3e-4` as a string; a float field takes it as the number it means, and still refuses words."""
+    image = {"stage": "image", "run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"}}
+    raw = apply_overrides(image, ["train.lr=3e-4", "train.weight_decay=1E-2"])
+    config = config_from_dict(raw)
+    assert config.train.lr == 3e-4 and config.train.weight_decay == 1e-2
+    with pytest.raises(ConfigError, match=r"train.lr='3e-4x': expected float"):
+        config_from_dict({**image, "train": {"lr": "3e-4x"}})
+
+
+def test_first_frame_and_warm_start_belong_to_the_video_stages():
+    video = {"run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"}, "image_checkpoint": "i"}
+    assert config_from_dict({"stage": "keyframe", "learn_first_frame": True, **video}).learn_first_frame
+    with pytest.raises(ConfigError, match="learn_first_frame: only the keyframe stage generates frame 0, not the "
+                                          "interpolate stage"):
+        config_from_dict({"stage": "interpolate", "learn_first_frame": True, **video})
+    with pytest.raises(ConfigError, match="init_from: the image stage always starts afresh"):
+        config_from_dict({"stage": "image", "run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"},
+                          "init_from": "k"})

@@ -153,7 +153,7 @@ def test_bad_generation_requests_fail_clearly():
     with pytest.raises(ValueError, match="cannot be cut into groups of 3"):
         interpolate(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, torch.zeros(2, 4, 2, 2, dtype=torch.long),
                     SamplingKnobs(), seed=0)
-    with pytest.raises(ValueError, match="1 <= given < num_frames"):
+    with pytest.raises(ValueError, match="0 <= given < num_frames"):
         generate_keyframes(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, torch.zeros(2, 5, 2, 2, dtype=torch.long),
                            5, SamplingKnobs(), seed=0)
     with pytest.raises(ValueError, match="codes hold values outside"):
@@ -161,3 +161,17 @@ def test_bad_generation_requests_fail_clearly():
     model.train()
     with pytest.raises(ValueError, match="model.eval"):
         generate_image(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, SamplingKnobs(), seed=0)
+
+
+def test_keyframes_from_nothing_continue_like_keyframes_from_their_own_first_frame():
+    """k = 0 given frames (a model trained with learn_first_frame): greedy decoding that starts at frame 0 gives the
+    frames 1..4 that greedy decoding gives when handed that frame 0; cached equals uncached."""
+    model, greedy = make_model(), SamplingKnobs(top_k=1)
+    none = torch.zeros(2, 0, 2, 2, dtype=torch.long)
+    whole = generate_keyframes(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, none, 5, greedy, seed=0)
+    assert whole.shape == (2, 5, 2, 2)
+    continued = generate_keyframes(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, whole[:, :1], 5, greedy, seed=0)
+    assert torch.equal(whole, continued)
+    sampled = [generate_keyframes(model, TEXT_IDS, TEXT_PAD, FPS_IDS, BOI_ID, none, 5, SamplingKnobs(), seed=4,
+                                  use_cache=cache) for cache in (True, False)]
+    assert torch.equal(*sampled)

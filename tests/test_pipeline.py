@@ -313,3 +313,25 @@ def test_interpolation_knobs_apply_to_the_rounds_alone(pipeline):
     again = interpolate_codes(pipeline, keys, prompts, 1, 2, greedy, seed=12345)
     assert torch.equal(again, torch.stack([video.codes for video in mixed]))
     assert not torch.equal(torch.stack([v.codes for v in plain]), torch.stack([v.codes for v in mixed]))
+
+
+def test_a_keyframe_model_that_learnt_frame_0_makes_it_instead_of_the_image_model(bundle, pipeline, tmp_path):
+    """A key-frame export marked `learns_first_frame` samples the whole key-frame sequence from the key-frame
+    seed; the image model is not asked. Without the mark, frame 0 is the image model's."""
+    marked = tmp_path / "bundle"
+    shutil.copytree(bundle, marked)
+    spec_path = marked / "keyframe" / "generator.json"
+    spec = json.loads(spec_path.read_text())
+    spec_path.write_text(json.dumps({**spec, "learns_first_frame": True}))
+    first_frame_pipeline = Pipeline.load(marked)
+    assert first_frame_pipeline.keyframe_makes_first_frame and not pipeline.keyframe_makes_first_frame
+    video = generate(first_frame_pipeline, rounds=0, key_rate=2, batch_size=1)[1]
+    text = pipeline.text
+    ids, pad = text.encode_batch(PROMPTS[1:], TEXT_LENGTH)
+    fps_ids = torch.tensor([text.fps_id(2)])
+    none = torch.zeros(1, 0, *TOKENIZER_CONFIG.grid, dtype=torch.long)
+    keys = generate_keyframes(first_frame_pipeline.keyframe, ids, pad, fps_ids, text.boi_id, none, KEY_FRAMES, KNOBS,
+                              derive_seed(3, 1, 1))
+    assert torch.equal(keys[0], video.codes)
+    image_first = generate(pipeline, rounds=0, key_rate=2, batch_size=1)[1]
+    assert not torch.equal(image_first.codes[0], video.codes[0])

@@ -35,12 +35,12 @@ def generate_image(model: Generator, text_ids: torch.Tensor, text_pad: torch.Ten
 def generate_keyframes(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor, fps_ids: torch.Tensor,
                        boi_id: int, first_frame_codes: torch.Tensor, num_frames: int, knobs: SamplingKnobs,
                        seed: int, use_cache: bool = True) -> torch.Tensor:
-    """Key frames after the given ones. first_frame_codes (B, k, h, w) with 1 <= k < num_frames.
-    Returns codes (B, num_frames, h, w); the first k frames are the given ones."""
+    """Key frames after the given ones. first_frame_codes (B, k, h, w) with 0 <= k < num_frames (k = 0: frame 0 too,
+    for a model trained with `learn_first_frame`). Returns codes (B, num_frames, h, w); the first k are the given."""
     given = first_frame_codes.shape[1]
-    if not 1 <= given < num_frames:
+    if not 0 <= given < num_frames:
         raise ValueError(f"generate_keyframes: {given} given frames for num_frames={num_frames}; "
-                         "expected 1 <= given < num_frames")
+                         "expected 0 <= given < num_frames")
     return _generate(model, model.layout.with_frames(num_frames), "keyframe", text_ids, text_pad, fps_ids,
                      boi_id, first_frame_codes, knobs, seed, use_cache)
 

@@ -63,8 +63,11 @@ def interpolation_positions(num_frames: int) -> tuple[int, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def stage_plan(layout: SequenceLayout, stage: str) -> StagePlan:
+def stage_plan(layout: SequenceLayout, stage: str, learn_first_frame: bool = False) -> StagePlan:
+    """learn_first_frame (keyframe only): the loss covers slot 0 too; the masks are the same either way."""
     check_stage(stage)
+    if learn_first_frame and stage != "keyframe":
+        raise ValueError(f"learn_first_frame applies to the keyframe stage, not {stage!r}")
     frames = layout.num_frames
     if stage == "image":
         if frames != 1:
@@ -73,7 +76,7 @@ def stage_plan(layout: SequenceLayout, stage: str) -> StagePlan:
     if stage == "keyframe":
         if frames < 2:
             raise ValueError(f"the keyframe stage needs at least 2 frame slots, got {frames}")
-        return StagePlan(stage, tuple(range(frames)), (), tuple(range(1, frames)))
+        return StagePlan(stage, tuple(range(frames)), (), tuple(range(0 if learn_first_frame else 1, frames)))
     if frames < 3 or frames % 2 == 0:
         raise ValueError(f"the interpolate stage needs an odd number >= 3 of frame slots, got {frames}")
     num_given = (frames + 1) // 2

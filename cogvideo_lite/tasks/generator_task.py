@@ -3,7 +3,11 @@
 - image: every frame of every shard sample is a training image; the whole model trains (spatial channel,
   embeddings, feed-forward blocks).
 - keyframe: clips at every configured rate; the image export is loaded and frozen, the temporal channel
-  (initialised as a copy of the spatial one), the mixing vectors and the frame-index embedding train.
+  (initialised as a copy of the spatial one), the mixing vectors and the frame-index embedding train. With
+  `learn_first_frame` the loss covers frame 0 too: the key-frame model then samples the whole key-frame
+  sequence, with a first frame drawn from where clips of that caption and rate start (the image stage sees
+  every frame of a clip, so its frame 0 can sit where the captioned motion has no room to happen).
+- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights.
 - interpolate: clips at the rates that are twice another rate of the set (the output rate of one interpolation
   round); slots hold true frames [0, 2, 4, 1, 3]; the loss covers frames 1 and 3.
 Caption dropout replaces a share of the captions by an empty one, for classifier-free guidance at sampling time.
@@ -21,7 +25,9 @@ import torch
 from torch import nn
 
 from cogvideo_lite.config import RunConfig
-from cogvideo_lite.generator_io import CheckpointMismatch, load_image_model, require_same, save_stage
+from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
+                                       read_spec, read_weights, require_same, save_stage)
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
@@ -42,12 +48,12 @@ def interpolation_rates(rates: tuple[int, ...]) -> tuple[int, ...]:
 class GeneratorObjective(nn.Module):
     """What DeepSpeed wraps: the generator plus its stage, returning the stage's cross-entropy."""
 
-    def __init__(self, model: Generator, stage: str, layout: SequenceLayout):
+    def __init__(self, model: Generator, stage: str, layout: SequenceLayout, learn_first_frame: bool = False):
         super().__init__()
         self.model = model
         self.stage = stage
         self.layout = layout
-        self.plan = stage_plan(layout, stage)
+        self.plan = stage_plan(layout, stage, learn_first_frame)
 
     def forward(self, batch: dict[str, Any], step: int):
         tokens = batch["tokens"]  # (B, S) joint-vocabulary ids
@@ -79,7 +85,7 @@ class GeneratorTask:
         self.contracts = {"text": self.text.spec, "frame_tokenizer": meta["frame_tokenizer"],
                           "rates": list(self.text.rates)}
         self.model = self._build_model()
-        self.module = GeneratorObjective(self.model, self.stage, self.layout)
+        self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame)
         self.plan = self.module.plan
         self.indices = self._sample_indices(meta["num_frames"])
 
@@ -100,8 +106,21 @@ class GeneratorTask:
                                      f"text length {self.layout.text_length} and grid {self.layout.grid}")
         model.layout = self.layout
         model.initialise_temporal_from_spatial()
+        if self.config.init_from:
+            self._warm_start(model, Path(self.config.init_from))
         model.freeze_spatial()
         return model.train()
+
+    def _warm_start(self, model: Generator, directory: Path) -> None:
+        """Temporal weights from an earlier export of this stage, trained on the same frozen image weights."""
+        spec = read_spec(directory)
+        where = f"init_from {directory}"
+        require_same("stage", self.stage, spec["stage"], where)
+        require_same("image weights sha256", sha256_file(self.image_dir / FULL_WEIGHTS),
+                     spec["image_weights_sha256"], where)
+        require_same("grid", list(self.layout.grid), list(spec["layout"]["grid"]), where)
+        model.load_temporal_state_dict(read_weights(directory / TEMPORAL_WEIGHTS))
+        logger.info("%s stage: temporal weights start from %s", self.stage, directory)
 
     def _sample_indices(self, shard_frames: int) -> list[int]:
         if self.stage == "image":
@@ -150,7 +169,8 @@ class GeneratorTask:
 
     def export(self, directory: Path) -> None:
         save_stage(self.model, directory, self.stage, self.contracts,
-                   image_dir=None if self.stage == "image" else self.image_dir)
+                   image_dir=None if self.stage == "image" else self.image_dir,
+                   learns_first_frame=self.config.learn_first_frame)
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         return {}

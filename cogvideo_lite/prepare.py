@@ -2,6 +2,7 @@
 
     python -m cogvideo_lite.prepare --data DIR --tokenizer DIR --text DIR --out DIR [--num-frames 5]
         [--rates 1,2,4,8] [--clips-per-rate 1] [--batch-size 16] [--text-length 16] [--seed 0] [--part-size 256]
+        [--steady-margin 0.05]
 
 What it does: scans the dataset once (bad or too-short videos are skipped with a warning naming file and reason),
 then enumerates a fixed plan of clips: for every usable video (in captions-file order), every frame rate of the set
@@ -58,11 +59,16 @@ class PrepareConfig:
     text_length: int = 16          # text ids per sample, left-padded (L)
     seed: int = 0
     part_size: int = 256           # samples per shard part; a multiple of batch_size
+    # > 0: a frame keeps the previous frame's code wherever that code is within this cosine similarity of the nearest
+    # (VQVAE.encode): static content keeps its codes instead of flickering on compression noise.
+    steady_margin: float = 0.0
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)}: expected a positive integer"
                     for name in ("num_frames", "clips_per_rate", "batch_size", "text_length", "part_size")
                     if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if not isinstance(self.steady_margin, (int, float)) or not 0 <= self.steady_margin < 2:
+            problems.append(f"steady_margin={self.steady_margin}: expected a cosine margin in [0, 2)")
         if not problems and self.part_size % self.batch_size:
             problems.append(f"part_size={self.part_size}: expected a multiple of batch_size={self.batch_size} "
                             f"(so that a resumed run batches clips exactly as an uninterrupted one)")
@@ -140,7 +146,8 @@ def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: Te
         "source": str(data),
         "source_captions_sha256": sha256_of_file(find_captions_file(data)),
         "prepare": {"seed": config.seed, "clips_per_rate": config.clips_per_rate,
-                    "batch_size": config.batch_size, "part_size": config.part_size},
+                    "batch_size": config.batch_size, "part_size": config.part_size,
+                    **({"steady_margin": config.steady_margin} if config.steady_margin else {})},
     }
 
 
@@ -170,13 +177,13 @@ def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokeniz
 # ----------------------------------------------------------------------------------------------------------------
 
 def encode_and_write(batch: list[tuple[PlannedClip, dict]], frame_tokenizer: VQVAE, writer: ShardWriter,
-                     data: Path) -> None:
+                     data: Path, steady_margin: float = 0.0) -> None:
     """Encode the frames of a batch of read clips and append the samples to the writer."""
     if not batch:
         return
     device = next(frame_tokenizer.parameters()).device
     frames = torch.stack([item["frames"] for _, item in batch]).to(device)  # (B, T, 3, S, S) in [-1, 1]
-    codes = frame_tokenizer.encode(frames).cpu()  # (B, T, h, w) int64; VQVAE.encode runs under torch.no_grad
+    codes = frame_tokenizer.encode(frames, steady_margin).cpu()  # (B, T, h, w) int64, under torch.no_grad
     for (planned, item), sample_codes in zip(batch, codes):
         source = {"video": str(Path(item["video"]).relative_to(data)), "start": planned.clip.start,
                   "rate": planned.clip.rate, "caption": item["caption"], "plan": planned.number}
@@ -226,12 +233,12 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
             logger.warning("skipping clip %d of %s: %s", planned.number, error.path, error)
             continue
         if len(batch) == config.batch_size:
-            encode_and_write(batch, frame_tokenizer, writer, data)
+            encode_and_write(batch, frame_tokenizer, writer, data, config.steady_margin)
             summary.written += len(batch)
             batch = []
             if max_parts is not None and writer.num_parts - parts_before >= max_parts:
                 return
-    encode_and_write(batch, frame_tokenizer, writer, data)
+    encode_and_write(batch, frame_tokenizer, writer, data, config.steady_margin)
     summary.written += len(batch)
     writer.close()
 
@@ -254,13 +261,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=PrepareConfig.seed)
     parser.add_argument("--part-size", type=int, default=PrepareConfig.part_size,
                         help="samples per part, a multiple of --batch-size")
+    parser.add_argument("--steady-margin", type=float, default=PrepareConfig.steady_margin,
+                        help="keep the previous frame's code where it is within this cosine similarity of the nearest "
+                             "(0: nearest code always)")
     parser.add_argument("--device", default=None, help="device of the frame tokenizer (default: cuda if available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = PrepareConfig(data=args.data, tokenizer=args.tokenizer, text=args.text, out=args.out,
                            num_frames=args.num_frames, rates=args.rates, clips_per_rate=args.clips_per_rate,
                            batch_size=args.batch_size, text_length=args.text_length, seed=args.seed,
-                           part_size=args.part_size)
+                           part_size=args.part_size, steady_margin=args.steady_margin)
     try:
         print(prepare(config, device=args.device).describe())
     except (ShardError, ValueError) as error:

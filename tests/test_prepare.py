@@ -131,3 +131,25 @@ def test_a_dataset_without_usable_clips_is_an_error_that_writes_nothing(dataset,
     with pytest.raises(ValueError, match=r"no usable clips in .*bad: .*skipped: 1 corrupt or truncated video"):
         prepare(make_config(only_bad, tokenizers, tmp_path / "shards"), progress=False, device="cpu")
     assert not (tmp_path / "shards" / "meta.json").exists()
+
+
+def test_steady_codes_flicker_less_and_are_recorded(prepared, dataset, tokenizers, tmp_path):
+    """With a margin, frame t keeps frame t-1's code where it is nearly as close as the nearest: the shards equal
+    VQVAE.encode(frames, margin) (frame 0 untouched), fewer codes change from frame to frame, and meta says so."""
+    out = tmp_path / "steady"
+    prepare(make_config(dataset, tokenizers, out, steady_margin=0.05), progress=False, device="cpu")
+    steady, plain = TokenShards(out), TokenShards(prepared[0])
+    assert steady.meta["prepare"]["steady_margin"] == 0.05 and "steady_margin" not in plain.meta["prepare"]
+    frame_tokenizer = load_tokenizer(tokenizers[0])
+    changes = {"steady": 0, "plain": 0}
+    for index in range(len(steady)):
+        source = steady.source(index)
+        frames = read_clip(dataset / source["video"], 5, source["rate"], 32, start=source["start"])
+        codes = steady[index]["codes"]
+        assert torch.equal(codes, frame_tokenizer.encode(frames[None], steady_margin=0.05)[0])
+        assert torch.equal(codes[0], plain[index]["codes"][0])
+        changes["steady"] += int((codes[1:] != codes[:-1]).sum())
+        changes["plain"] += int((plain[index]["codes"][1:] != plain[index]["codes"][:-1]).sum())
+    assert changes["steady"] < changes["plain"]
+    with pytest.raises(ValueError, match="steady_margin=-0.1: expected a cosine margin"):
+        make_config(dataset, tokenizers, tmp_path / "x", steady_margin=-0.1)

@@ -200,3 +200,28 @@ def test_two_ranks_keep_one_codebook_equal_to_one_process_on_the_whole_batch(tmp
     for name, tensor in single.state_dict().items():
         torch.testing.assert_close(first[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     assert int(first["tokens_seen"]) == STEPS * BATCH * 9
+
+
+def test_steady_lookup_keeps_the_previous_code_exactly_where_the_rule_allows():
+    """Brute force: a position keeps its previous code iff that code's cosine similarity is within the margin of the
+    best; elsewhere it takes the nearest code. Margin 0 is `lookup` (ties aside); a margin of 2 keeps everything."""
+    quantizer = make_quantizer().eval()
+    features = torch.randn(2, 6, 3, 4)
+    previous = torch.randint(0, 16, (2, 3, 4))
+    nearest = quantizer.lookup(features)
+    assert torch.equal(quantizer.lookup_steady(features, previous, 0.0), torch.where(previous == nearest, previous,
+                                                                                          nearest))
+    assert torch.equal(quantizer.lookup_steady(features, previous, 2.0), previous)
+    steady = quantizer.lookup_steady(features, previous, 0.1)
+    vectors = F.normalize(quantizer.project(features).detach(), dim=1)         # (2, 4, 3, 4)
+    codebook = F.normalize(quantizer.codebook, dim=1)
+    kept = 0
+    for n in range(2):
+        for i in range(3):
+            for j in range(4):
+                similarity = [float(vectors[n, :, i, j] @ codebook[k]) for k in range(16)]
+                keep = similarity[int(previous[n, i, j])] >= max(similarity) - 0.1
+                kept += keep
+                expected = int(previous[n, i, j]) if keep else max(range(16), key=similarity.__getitem__)
+                assert int(steady[n, i, j]) == expected
+    assert 0 < kept < 24  # the margin decides somewhere, in both directions

@@ -148,11 +148,21 @@ class VQVAE(nn.Module):
             entropy_loss=quantized.entropy_loss)
 
     @torch.no_grad()
-    def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B, T, 3, H, W) in [-1, 1] -> codes (B, T, h, w) int64; never changes the codebook."""
+    def encode(self, frames: torch.Tensor, steady_margin: float = 0.0) -> torch.Tensor:
+        """frames (B, T, 3, H, W) in [-1, 1] -> codes (B, T, h, w) int64; never changes the codebook.
+
+        steady_margin > 0 (for clips): frame t keeps frame t-1's code at a position wherever that code's cosine
+        similarity is within the margin of the nearest code's (`VectorQuantizer.lookup_steady`)."""
         batch, time = self._check_frames(frames)
-        codes = self.quantizer.lookup(self.encoder(frames.reshape(batch * time, *frames.shape[2:])))
-        return codes.view(batch, time, *codes.shape[1:])                     # (B, T, h, w)
+        if steady_margin < 0:
+            raise ValueError(f"steady_margin={steady_margin}: expected >= 0")
+        features = self.encoder(frames.reshape(batch * time, *frames.shape[2:]))
+        codes = self.quantizer.lookup(features).view(batch, time, *self.config.grid)  # (B, T, h, w)
+        if steady_margin > 0:
+            features = features.view(batch, time, *features.shape[1:])
+            for t in range(1, time):
+                codes[:, t] = self.quantizer.lookup_steady(features[:, t], codes[:, t - 1], steady_margin)
+        return codes
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -95,6 +95,17 @@ class VectorQuantizer(nn.Module):
         similarity = self._unit_vectors(features) @ F.normalize(self.codebook, dim=1).t()   # (M, K)
         return similarity.argmax(dim=1).view(batch, height, width)
 
+    @torch.no_grad()
+    def lookup_steady(self, features: torch.Tensor, previous: torch.Tensor, margin: float) -> torch.Tensor:
+        """Like `lookup`, but a position keeps its `previous` code (N, h, w) wherever that code's cosine similarity
+        is within `margin` of the best one: static content keeps its code from frame to frame instead of flipping
+        between near-equal neighbours on invisible noise."""
+        batch, _, height, width = features.shape
+        similarity = self._unit_vectors(features) @ F.normalize(self.codebook, dim=1).t()   # (M, K)
+        best, codes = similarity.max(dim=1)                                                  # (M,)
+        kept = similarity.gather(1, previous.reshape(-1, 1))[:, 0]                           # (M,)
+        return torch.where(kept >= best - margin, previous.reshape(-1), codes).view(batch, height, width)
+
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, h, w) int64 -> unit code vectors (N, code_dim, h, w) in the projection's dtype."""
         if codes.dtype != torch.long or codes.ndim != 3:

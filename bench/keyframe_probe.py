@@ -9,6 +9,10 @@ Takes shard samples at the lowest rate (1 fps) and measures, with the analytic c
 - interpolation: the interpolation model fills the TRUE key frames to 33 frames (3 rounds); the interpolation
   error is that of `python -m cogvideo_lite.evaluate shapes` (pixels between each in-between's object and where
   its neighbours put it).
+- first frames (`--starts N`, default 28 captions, `random.Random(0).sample` of the grammar): key frames sampled
+  from text alone by the bundle's pipeline (frame 0 from the image model, or from the key-frame model when it was
+  trained with `learn_first_frame`), temperature 1: the share whose frame 0 puts the object where clips of that
+  caption can start at 1 fps (room left for the captioned travel), and the direction the key frames show.
 `python -m cogvideo_lite.evaluate shapes` measures the whole chain (frame 0 -> key frames -> interpolation).
 """
 
@@ -16,15 +20,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.common import write_json
 from cogvideo_lite.checker import check_video
+from cogvideo_lite.data.shapes import TRAVEL_FRACTIONS, ClipSpec, all_captions
 from cogvideo_lite.model.generate import generate_keyframes
 from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Pipeline, decode_codes, interpolate_codes
+from cogvideo_lite.pipeline import Pipeline, decode_codes, generate_videos, interpolate_codes
 from cogvideo_lite.shards import TokenShards
 
 ROUNDS = 3
@@ -40,6 +47,36 @@ def _speed_ratio(checks, captions) -> float | None:
     return float(np.mean(by_speed["quickly"]) / np.mean(by_speed["slowly"]))
 
 
+def can_start_here(caption: str, centre: tuple[float, float], spec: ClipSpec = ClipSpec()) -> bool:
+    """Whether a 1 fps clip of `caption` can begin with the object centred at `centre` (x, y): clips start within
+    the first second of a clip whose object leaves room for the travel of its speed (data/shapes.py)."""
+    direction, speed = caption.split()[-2:]
+    low, high = spec.centre_range
+    travel = TRAVEL_FRACTIONS[speed] * (high - low)
+    slack = spec.speed(speed) * (spec.seconds - 4)  # how far the object moves before the latest 1 fps start
+    along = centre[0] if direction in ("left", "right") else centre[1]
+    if direction in ("right", "down"):
+        return low <= along <= high - travel + slack
+    return low + travel - slack <= along <= high
+
+
+def first_frames(pipeline: Pipeline, count: int, seed: int) -> dict:
+    captions = random.Random(0).sample(all_captions(), count)
+    videos = generate_videos(pipeline, captions, SamplingKnobs(), key_rate=1, rounds=0, seed=seed,
+                             batch_size=count, progress=False)
+    starts = directions = found = 0
+    for caption, video in zip(captions, videos):
+        check = check_video(video.frames)
+        if check.frames[0].centre is None:
+            continue
+        found += 1
+        starts += can_start_here(caption, check.frames[0].centre)
+        directions += check.direction == caption.split()[-2]
+    return {"first_frame_model": "keyframe" if pipeline.keyframe_makes_first_frame else "image",
+            "captions": count, "object_in_frame_0": found, "feasible_start_share": starts / max(1, found),
+            "direction_from_text_alone": directions / max(1, found)}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
@@ -47,6 +84,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--top-k", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--starts", type=int, default=28, help="captions for the first-frame check (0: skip)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     pipeline = Pipeline.load(args.ckpt)
@@ -76,10 +114,11 @@ def main(argv=None) -> dict:
               "speed_ratio": _speed_ratio(fake_checks, captions),
               "interpolation_error_on_true_key_frames": float(np.mean(errors)) if errors else None,
               "interpolated_frames": len(errors)}
+    if args.starts:
+        result["first_frames"] = first_frames(pipeline, args.starts, args.seed)
     print(f"direction of generated key frames = direction of the real clip: {agree}/{len(indices)}")
     print(json.dumps(result, indent=2))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"ckpt": args.ckpt, **result}, indent=2))
+    write_json(Path(args.json) if args.json else None, {"ckpt": args.ckpt, **result})
     return result
 
 

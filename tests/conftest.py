@@ -1,5 +1,5 @@
-"""Shared fixtures: a small built-in shapes dataset, real footage and photos shipped in installed packages, and a
-writer for test videos with any codec, pixel format and timestamps."""
+"""Shared fixtures: a small built-in shapes dataset, real footage and photos shipped in installed packages, a tiny
+untrained sampling bundle and its pipeline, and a writer for test videos with any codec, pixel format and timestamps."""
 
 import importlib.util
 from fractions import Fraction
@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from cogvideo_lite.data.shapes import ClipSpec, generate
 
@@ -48,6 +49,23 @@ def photos() -> list[Path]:
     if not paths:
         pytest.skip("neither scikit-learn nor matplotlib is installed: they ship the sample photos")
     return paths
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    """A tiny untrained sampling bundle (`tests/test_pipeline.build_tiny_bundle`), built once: tests that change a
+    bundle change a copy."""
+    from tests.test_pipeline import build_tiny_bundle
+
+    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="session")
+def pipeline(bundle):
+    from cogvideo_lite.pipeline import Pipeline
+
+    torch.set_num_threads(1)
+    return Pipeline.load(bundle)
 
 
 def write_video(

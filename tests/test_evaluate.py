@@ -16,7 +16,7 @@ from cogvideo_lite.data.shapes import ClipSpec, caption_for, render_clip
 from cogvideo_lite.evaluate import ReferenceClip, evaluate_videos, main, parse_caption, read_reference
 from tests.helpers import run_script
 from tests.test_frechet import TinyI3D, TinyInception
-from tests.test_pipeline import PROMPTS, build_tiny_bundle
+from tests.test_pipeline import PROMPTS
 
 SPEC = ClipSpec(fps=8, seconds=4.5)
 FRAMES = 33  # 5 key frames at 1 fps, 3 rounds
@@ -92,11 +92,6 @@ def test_read_reference_reads_the_same_frame_times_and_skips_bad_clips(shapes_da
 
 
 # ------------------------------------------------------------------ the command
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
 @pytest.fixture(scope="module")
 def feature_networks(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("networks")

@@ -73,17 +73,6 @@ def build_tiny_bundle(root: Path) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def pipeline(bundle) -> Pipeline:
-    torch.set_num_threads(1)
-    return Pipeline.load(bundle)
-
-
 def generate(pipeline, **overrides):
     arguments = dict(prompts=PROMPTS, knobs=KNOBS, key_rate=1, rounds=1, seed=3, num_samples=1, batch_size=8,
                      progress=False)

@@ -23,7 +23,6 @@ from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMisma
 from cogvideo_lite.tasks.generator_task import GeneratorTask
 from cogvideo_lite.prepare import PrepareConfig, prepare
 from tests.helpers import CONFIGS, ROOT
-from tests.test_pipeline import build_tiny_bundle
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 
 SHORT_TEXT = 12  # text length of other shards: shorter than the default, still long enough for every caption
@@ -90,11 +89,6 @@ def test_the_planted_pickle_is_live_and_weights_only_refuses_it(tmp_path):
     assert not (tmp_path / "ran").exists()
     pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))  # what any unpickling of the payload does
     assert (tmp_path / "ran").exists()
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
 
 
 @pytest.fixture

@@ -16,26 +16,14 @@ from PIL import Image
 import sample
 from cogvideo_lite.data.media import write_mp4
 from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Pipeline, Video, generate_videos
+from cogvideo_lite.pipeline import Video, generate_videos
 from tests.helpers import run_script
-from tests.test_pipeline import build_tiny_bundle
 from tokenizer.frames import to_model_frames
 
 PROMPT = "a red circle moves left slowly"
 CLIP_FPS = 8
 CLIP_SECONDS = 5
 CLIP_SIZE = 40  # read_clip resizes it to the tokenizer's 32 pixels
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture(scope="module")
-def pipeline(bundle) -> Pipeline:
-    torch.set_num_threads(1)
-    return Pipeline.load(bundle)
 
 
 @pytest.fixture(scope="module")

@@ -111,10 +111,7 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
     weights = image_dir / FULL_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} extends the image export {image_dir}, which is missing ({weights})")
-    found = sha256_file(weights)
-    if found != spec["image_weights_sha256"]:
-        raise CheckpointMismatch(f"{directory} was trained on image weights sha256 {spec['image_weights_sha256']}, "
-                                 f"but {weights} has sha256 {found} (altered or another run)")
+    require_image_export(spec, image_dir, str(directory))
     model, image_spec = load_image_model(image_dir, device)
     for key in ("model", "layout"):
         expected = {**spec[key], "num_frames": None} if key == "layout" else spec[key]
@@ -124,6 +121,15 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
     model.layout = layout_from_dict(spec["layout"])
     model.load_temporal_state_dict(read_weights(Path(directory) / TEMPORAL_WEIGHTS))
     return model.to(device).eval(), spec
+
+
+def require_image_export(spec: dict[str, Any], image_dir: Path, where: str) -> None:
+    """A video-stage spec must name the sha256 of the image export at `image_dir` (the weights it was trained on)."""
+    weights = Path(image_dir) / FULL_WEIGHTS
+    found = sha256_file(weights)
+    if found != spec["image_weights_sha256"]:
+        raise CheckpointMismatch(f"{where} was trained on image weights sha256 {spec['image_weights_sha256']}, "
+                                 f"but {weights} has sha256 {found} (altered or another run)")
 
 
 def require_same(what: str, expected: Any, found: Any, where: str) -> None:

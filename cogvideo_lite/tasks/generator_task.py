@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from cogvideo_lite.config import RunConfig
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
-                                       read_spec, read_weights, require_same, save_stage)
+from cogvideo_lite.generator_io import (TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
+                                       read_weights, require_image_export, require_same, save_stage)
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
@@ -116,8 +115,7 @@ class GeneratorTask:
         spec = read_spec(directory)
         where = f"init_from {directory}"
         require_same("stage", self.stage, spec["stage"], where)
-        require_same("image weights sha256", sha256_file(self.image_dir / FULL_WEIGHTS),
-                     spec["image_weights_sha256"], where)
+        require_image_export(spec, self.image_dir, where)
         require_same("grid", list(self.layout.grid), list(spec["layout"]["grid"]), where)
         model.load_temporal_state_dict(read_weights(directory / TEMPORAL_WEIGHTS))
         logger.info("%s stage: temporal weights start from %s", self.stage, directory)

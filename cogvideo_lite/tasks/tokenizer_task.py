@@ -23,7 +23,7 @@ from cogvideo_lite.config import RunConfig
 from cogvideo_lite.data.datasets import FrameDataset
 from cogvideo_lite.tasks.base import StepOutput
 from cogvideo_lite.generator_io import CheckpointMismatch
-from tokenizer.io import NOT_EXPORTED, load_tokenizer, save_tokenizer
+from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.discriminator import PatchDiscriminator
 from tokenizer.losses import hinge_d_loss, tokenizer_loss
 from tokenizer.metrics import psnr
@@ -145,9 +145,7 @@ class TokenizerTask:
         if differ:
             raise CheckpointMismatch(f"init_from {directory}: its tokenizer differs from this run's in " + ", ".join(
                 f"{name}={theirs!r} (this run: {ours!r})" for name, (theirs, ours) in differ.items()))
-        state = exported.state_dict()
-        fresh = self.model.state_dict()
-        self.model.load_state_dict({**state, **{name: fresh[name] for name in NOT_EXPORTED}}, strict=True)
+        self.model.load_state_dict(exported.state_dict(), strict=True)  # load_tokenizer left usage counters fresh
         logger.info("tokenizer: weights and codebook start from %s", directory)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

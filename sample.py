@@ -20,7 +20,7 @@ import argparse
 import json
 import logging
 import re
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, interpolation_knobs
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import PromptTooLong
 
@@ -51,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interpolation rounds (default: as many as the rates allow)")
     parser.add_argument("--num-samples", type=int, default=1, help="videos per prompt")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same arguments -> same videos)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
-    parser.add_argument("--interp-top-k", type=int,
-                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 turns it off")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
+    add_knob_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="(prompt, sample) pairs generated together")
     parser.add_argument("--no-cache", action="store_true", help="recompute every step (slow reference path)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -231,14 +226,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
                 args.num_samples, rate, rounds, rate * 2 ** rounds, device)
-    interpolation_knobs = knobs if args.interp_top_k is None else replace(knobs, top_k=args.interp_top_k)
+    rounds_knobs = interpolation_knobs(knobs, args.interp_top_k)
     videos = generate_videos(pipeline, prompts, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
                              batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given,
-                             interpolation_knobs=interpolation_knobs)
+                             interpolation_knobs=rounds_knobs)
     args.out.mkdir(parents=True, exist_ok=True)
     entries = write_videos(args.out, videos, prompts)
     listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs),
-               "interpolation_knobs": asdict(interpolation_knobs), "key_rate": rate, "rounds": rounds,
+               "interpolation_knobs": asdict(rounds_knobs), "key_rate": rate, "rounds": rounds,
                "seed": args.seed, "use_cache": not args.no_cache, "samples": entries}
     (args.out / "samples.json").write_text(json.dumps(listing, indent=2) + "\n")
     print(f"wrote {len(entries)} video(s) to {args.out} (listed in {args.out / 'samples.json'})")

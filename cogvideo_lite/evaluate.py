@@ -36,7 +36,7 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -49,7 +49,7 @@ from cogvideo_lite.data.captions import find_captions_file, load_entries
 from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_captions
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, interpolation_knobs
 from cogvideo_lite.pipeline import Pipeline, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES
 from tokenizer.frames import to_model_frames, to_uint8
@@ -222,12 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interpolation rounds (default: as many as the rates allow)")
     parser.add_argument("--batch-size", type=int, default=32, help="(prompt, sample) pairs generated together")
     parser.add_argument("--reference-clips", type=int, help="reference clips to read (default: prompts x seeds)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature > 0")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
-    parser.add_argument("--interp-top-k", type=int,
-                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
+    add_knob_arguments(parser)
     parser.add_argument("--i3d", type=Path, help="I3D TorchScript file for FVD (needs --ckpt and --reference)")
     parser.add_argument("--inception", type=Path, help="Inception TorchScript file for FID (needs both too)")
     parser.add_argument("--json", type=Path, help="write all numbers, counts and arguments here")
@@ -307,9 +302,8 @@ def choose_rounds(parser: argparse.ArgumentParser, rates: tuple[int, ...], round
 def generate(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs, rate: int, rounds: int,
              args: argparse.Namespace) -> tuple[list, list | None]:
     """Videos at key rate r with `rounds` rounds and, where 2r is a configured rate, key frames at 2r."""
-    interpolation_knobs = knobs if args.interp_top_k is None else replace(knobs, top_k=args.interp_top_k)
     common = dict(knobs=knobs, seed=args.seed, num_samples=args.seeds, batch_size=args.batch_size,
-                  interpolation_knobs=interpolation_knobs)
+                  interpolation_knobs=interpolation_knobs(knobs, args.interp_top_k))
     videos = generate_videos(pipeline, prompts, key_rate=rate, rounds=rounds, **common)
     doubled = generate_videos(pipeline, prompts, key_rate=2 * rate, rounds=0, **common) \
         if 2 * rate in pipeline.rates else None

@@ -7,7 +7,8 @@ the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -74,3 +75,19 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
         raise ValueError("invalid sampling knobs: " + "; ".join(problems))
     probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
     return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
+    """The knobs as options (`sample.py`, `python -m cogvideo_lite.evaluate`); each script checks the values."""
+    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
+    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
+    parser.add_argument("--interp-top-k", type=int,
+                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 turns it off")
+    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
+
+
+def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None) -> SamplingKnobs:
+    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k when given."""
+    return knobs if interp_top_k is None else replace(knobs, top_k=interp_top_k)

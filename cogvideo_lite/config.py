@@ -140,6 +140,10 @@ class RunConfig:
     # fine-tuning: the tokenizer stage starts from this exported tokenizer (same config), a video stage its temporal
     # weights from this export of the same stage on the same image weights
     init_from: str = ""
+    # tokenizer stage with init_from: modules (state-dict name prefixes, e.g. `quantizer`, `decoder.conv_in`) that
+    # start fresh instead; every other tensor is loaded and must match in shape. This warm-starts the encoder and
+    # decoder trunk under a new codebook, even one of another `code_dim`.
+    init_fresh: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -222,6 +226,9 @@ def _cross_field_problems(config: RunConfig) -> list[str]:
         out.append(f"learn_first_frame: only the keyframe stage generates frame 0, not the {config.stage} stage")
     if config.init_from and config.stage == "image":
         out.append("init_from: the image stage always starts afresh (the video stages are trained on its weights)")
+    if config.init_fresh and (config.stage != "tokenizer" or not config.init_from):
+        out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
+                   "fresh")
     return out
 
 

@@ -85,3 +85,28 @@ def test_warm_start_loads_the_export_and_refuses_another_architecture(tmp_path, 
             assert torch.equal(started[name], exported[name]), name
     with pytest.raises(CheckpointMismatch, match=r"codebook_size=64 \(this run: 128\)"):
         TokenizerTask(load_config(CONFIG, sets + ["tokenizer.codebook_size=128"]))
+
+
+def test_warm_start_with_fresh_modules_loads_the_trunk_under_a_new_codebook(tmp_path, shapes_dataset):
+    from cogvideo_lite.config import load_config
+    from cogvideo_lite.generator_io import CheckpointMismatch
+    from cogvideo_lite.tasks.tokenizer_task import TokenizerTask
+
+    first = tmp_path / "first"
+    train(CONFIG, first, tiny_sets(shapes_dataset, 3))
+    exported = load_tokenizer(first / "model").state_dict()
+    sets = tiny_sets(shapes_dataset, 3) + [f"run_dir={tmp_path / 'second'}", f"init_from={first / 'model'}",
+                                            "tokenizer.code_dim=4", "init_fresh=[quantizer, decoder.conv_in]"]
+    model = TokenizerTask(load_config(CONFIG, sets)).model
+    started = model.state_dict()
+    fresh = [name for name in started if name.startswith(("quantizer.", "decoder.conv_in."))]
+    assert {"quantizer.codebook", "quantizer.project.weight", "decoder.conv_in.weight"} <= set(fresh)
+    assert started["quantizer.codebook"].shape == (exported["quantizer.codebook"].shape[0], 4)
+    assert not bool(started["quantizer.initialized"])  # the new codebook is initialised from the first batch
+    for name in set(started) - set(fresh):
+        assert torch.equal(started[name], exported[name]), name
+    # without decoder.conv_in among the fresh modules its input width (4 against 8 codes) does not fit: named
+    with pytest.raises(CheckpointMismatch, match=r"decoder\.conv_in\.weight \(\d+, 8, 3, 3\) \(this run: \(\d+, 4"):
+        TokenizerTask(load_config(CONFIG, sets[:-1] + ["init_fresh=[quantizer]"]))
+    with pytest.raises(CheckpointMismatch, match="no tokenizer module is named quantiser"):
+        TokenizerTask(load_config(CONFIG, sets[:-1] + ["init_fresh=[quantiser]"]))

@@ -137,16 +137,34 @@ class TokenizerTask:
         self.heldout = [resolve_source(s) for s in config.data.heldout]
 
     def _warm_start(self, directory: Path) -> None:
-        """Weights and EMA codebook of an exported tokenizer with the same config (fine-tuning)."""
+        """Weights and EMA codebook of an exported tokenizer with the same config (fine-tuning); with `init_fresh`,
+        every tensor outside the named modules (the trunk under a new codebook, of any `code_dim`)."""
         exported = load_tokenizer(directory)
-        differ = {name: (getattr(exported.config, name), getattr(self.config.tokenizer, name))
-                  for name in ARCHITECTURE_FIELDS
-                  if getattr(exported.config, name) != getattr(self.config.tokenizer, name)}
-        if differ:
-            raise CheckpointMismatch(f"init_from {directory}: its tokenizer differs from this run's in " + ", ".join(
-                f"{name}={theirs!r} (this run: {ours!r})" for name, (theirs, ours) in differ.items()))
-        self.model.load_state_dict(exported.state_dict(), strict=True)  # load_tokenizer left usage counters fresh
-        logger.info("tokenizer: weights and codebook start from %s", directory)
+        fresh = self.config.init_fresh
+        if not fresh:
+            differ = {name: (getattr(exported.config, name), getattr(self.config.tokenizer, name))
+                      for name in ARCHITECTURE_FIELDS
+                      if getattr(exported.config, name) != getattr(self.config.tokenizer, name)}
+            if differ:
+                raise CheckpointMismatch(f"init_from {directory}: its tokenizer differs from this run's in " + ", ".join(
+                    f"{name}={theirs!r} (this run: {ours!r})" for name, (theirs, ours) in differ.items()))
+            self.model.load_state_dict(exported.state_dict(), strict=True)  # load_tokenizer left usage counters fresh
+            logger.info("tokenizer: weights and codebook start from %s", directory)
+            return
+        ours, theirs = self.model.state_dict(), exported.state_dict()
+        kept = {name for name in ours if not any(name == m or name.startswith(m + ".") for m in fresh)}
+        unknown = [m for m in fresh if not any(name == m or name.startswith(m + ".") for name in ours)]
+        if unknown:
+            raise CheckpointMismatch(f"init_fresh: no tokenizer module is named {', '.join(unknown)}")
+        problems = [f"{name} {tuple(theirs[name].shape)} (this run: {tuple(ours[name].shape)})" for name in sorted(kept)
+                    if name in theirs and theirs[name].shape != ours[name].shape]
+        problems += [f"{name} is missing" for name in sorted(kept) if name not in theirs]
+        if problems:
+            raise CheckpointMismatch(f"init_from {directory}: outside init_fresh ({', '.join(fresh)}) these tensors do "
+                                     "not fit: " + "; ".join(problems))
+        self.model.load_state_dict({name: theirs[name] for name in kept}, strict=False)
+        logger.info("tokenizer: %d tensors start from %s; %s start fresh", len(kept), directory,
+                    ", ".join(sorted(set(ours) - kept)))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The VQVAE's and, when on, the discriminator's weights (the perceptual network stays frozen)."""

@@ -11,14 +11,19 @@ The frame-rate rule comes from CogVideo (Hong et al. 2023), which picks the lowe
 the frames it needs; we also offer drawing uniformly among all feasible rates.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import decord
 import numpy as np
 import torch
 
 from tokenizer.frames import to_model_frames
+
+if TYPE_CHECKING:
+    import decord
 
 # Timestamps are stored in container time bases (Matroska rounds to 1 ms) and returned as float32, so a time
 # that equals a frame's start on paper can land just before it. Times are moved forward by this much before
@@ -79,6 +84,8 @@ def open_reader(path: str | Path) -> decord.VideoReader:
         raise BadVideo(path, "file not found")
     if path.stat().st_size == 0:
         raise BadVideo(path, "empty file")
+    import decord  # here: a machine that only samples and checks generated videos can go without it
+
     try:
         reader = decord.VideoReader(str(path))
     except Exception as error:  # decord raises RuntimeError or its own DECORDError

@@ -143,16 +143,21 @@ def main(argv: list[str] | None = None) -> dict:
         text = build_text_tokenizer(Path(scratch))
     rows = [{"phase": f"matmul {matmul_size}^2 {precision}", "size": "-", "batch": "-", "s/step": matmul.seconds,
              "model TFLOP/s": matmul_rate / 1e12}]
-    rows += train_rows(size, batch, warmup, steps, text, device, matmul_rate, memory)
-    rows += sample_rows(size, batches, rounds, device, memory)
     notes = ["MFU = model FLOPs (6 per weight per token, 3x attention, frozen weights included) / the matmul rate "
              "above; executed MFU counts frozen weights at 4 (no weight gradient)"]
     if args.smoke:
         notes.append("smoke run: tiny sizes, not a measurement")
-    return report("gpu_bench", f"GPU benchmark, size {size}", rows, args.json,
-                  {"smoke": args.smoke, "size": size, "batch": batch, "steps": steps, "warmup": warmup,
-                   "rounds": rounds, "sample_batches": list(batches), "precision": precision,
-                   "matmul_flops_per_second": matmul_rate}, machine_info(), notes)
+    settings = {"smoke": args.smoke, "size": size, "batch": batch, "steps": steps, "warmup": warmup, "rounds": rounds,
+                "sample_batches": list(batches), "precision": precision, "matmul_flops_per_second": matmul_rate}
+
+    def write(partial: bool) -> dict:  # the training figures are kept even if sampling runs out of time
+        return report("gpu_bench", f"GPU benchmark, size {size}" + (" (training; sampling to follow)" * partial),
+                      rows, args.json, {**settings, "partial": partial}, machine_info(), notes)
+
+    rows += train_rows(size, batch, warmup, steps, text, device, matmul_rate, memory)
+    write(partial=True)
+    rows += sample_rows(size, batches, rounds, device, memory)
+    return write(partial=False)
 
 
 if __name__ == "__main__":

@@ -150,26 +150,28 @@ def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, 
                      rate: int) -> torch.Tensor | None:
     """Codes (1, k, h, w) of the frames taken from --init-video or --interpolate-video, or None."""
     if args.init_video is not None:
-        flag, path = "--init-video", args.init_video
+        flag, path, stage = "--init-video", args.init_video, "keyframe"
         num_frames = 1 if args.init_frames is None else args.init_frames
         if not 1 <= num_frames <= pipeline.num_key_frames:
             parser.error(f"--init-frames {num_frames}: must be in 1..{pipeline.num_key_frames} "
                          "(the key frames of one video)")
     elif args.interpolate_video is not None:
-        flag, path, num_frames = "--interpolate-video", args.interpolate_video, pipeline.num_key_frames
+        flag, path, stage = "--interpolate-video", args.interpolate_video, "interpolate"
+        num_frames = pipeline.num_key_frames
     else:
         return None
     try:
-        return read_video_codes(pipeline, path, num_frames, rate)
+        return read_video_codes(pipeline, path, num_frames, rate, stage)
     except (BadVideo, ValueError) as error:
         parser.error(f"{flag} {path}: {error}; pass a readable video lasting more than "
                      f"{(num_frames - 1) / rate:g} s (or a higher --fps)")
 
 
-def read_video_codes(pipeline: Pipeline, path: Path, num_frames: int, rate: int) -> torch.Tensor:
-    """The first `num_frames` frames of a video at `rate` fps, encoded: (1, num_frames, h, w) int64."""
+def read_video_codes(pipeline: Pipeline, path: Path, num_frames: int, rate: int, stage: str) -> torch.Tensor:
+    """The first `num_frames` frames of a video at `rate` fps, encoded as the shards of `stage` (the stage they are
+    given to) were: (1, num_frames, h, w) int64."""
     frames = read_clip(path, num_frames, rate, pipeline.tokenizer.config.image_size, start=0.0)  # (k, 3, S, S)
-    return encode_frames(pipeline, frames)
+    return encode_frames(pipeline, frames, stage)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -45,9 +45,10 @@ def layout_from_dict(raw: dict[str, Any]) -> SequenceLayout:
 
 
 def save_stage(model: Generator, directory: Path, stage: str, contracts: dict[str, Any],
-               image_dir: Path | None = None, learns_first_frame: bool = False) -> Path:
+               image_dir: Path | None = None, learns_first_frame: bool = False, steady_margin: float = 0.0) -> Path:
     """Write a stage export atomically. contracts: text/tokenizer checksums and specs the model was trained against.
     learns_first_frame: a key-frame model trained to generate frame 0 too (sampling then asks it, not the image model).
+    steady_margin: the `prepare --steady-margin` of its shards; frames given to the stage are encoded the same way.
     """
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
@@ -63,6 +64,7 @@ def save_stage(model: Generator, directory: Path, stage: str, contracts: dict[st
             raise ValueError(f"a {stage} export needs the image export it extends")
         save_file({k: v.cpu().contiguous() for k, v in model.temporal_state_dict().items()}, tmp / TEMPORAL_WEIGHTS)
         spec["learns_first_frame"] = bool(learns_first_frame)
+        spec["steady_margin"] = float(steady_margin)
         spec["image_export"] = str(Path(image_dir).resolve())
         spec["image_weights_sha256"] = sha256_file(Path(image_dir) / FULL_WEIGHTS)
     (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))

@@ -24,7 +24,7 @@ nor how to write videos (`sample.py`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,8 @@ class Pipeline:
     rates: tuple[int, ...]
     device: torch.device
     keyframe_makes_first_frame: bool = False  # the key-frame model learnt frame 0 (`learn_first_frame`)
+    # per video stage, the `prepare --steady-margin` its training codes were encoded with (exports before it: 0)
+    steady_margins: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
@@ -65,11 +67,13 @@ class Pipeline:
         specs = check_contracts(parts)
         image, _ = load_image_model(parts["image"], device)
         keyframe, keyframe_spec = load_stage(parts["keyframe"], image_dir=parts["image"], device=device)
-        interpolation, _ = load_stage(parts["interpolate"], image_dir=parts["image"], device=device)
+        interpolation, interpolate_spec = load_stage(parts["interpolate"], image_dir=parts["image"], device=device)
         return cls(directory=directory, tokenizer=load_tokenizer(parts["tokenizer"], device),
                    text=TextTokenizer.load(parts["text"]), image=image, keyframe=keyframe,
                    interpolate=interpolation, rates=tuple(specs["image"]["rates"]), device=device,
-                   keyframe_makes_first_frame=bool(keyframe_spec.get("learns_first_frame", False)))
+                   keyframe_makes_first_frame=bool(keyframe_spec.get("learns_first_frame", False)),
+                   steady_margins={"keyframe": float(keyframe_spec.get("steady_margin", 0.0)),
+                                   "interpolate": float(interpolate_spec.get("steady_margin", 0.0))})
 
     @property
     def num_key_frames(self) -> int:
@@ -276,6 +280,7 @@ def decode_codes(pipeline: Pipeline, codes: torch.Tensor) -> np.ndarray:
     return frames.reshape(codes.shape[0], codes.shape[1], *frames.shape[1:])
 
 
-def encode_frames(pipeline: Pipeline, frames: torch.Tensor) -> torch.Tensor:
-    """frames (T, 3, H, W) in [-1, 1] at the tokenizer's size -> codes (1, T, h, w) int64 on the pipeline's device."""
-    return pipeline.tokenizer.encode(frames[None].to(pipeline.device))
+def encode_frames(pipeline: Pipeline, frames: torch.Tensor, stage: str) -> torch.Tensor:
+    """frames (T, 3, H, W) in [-1, 1] at the tokenizer's size -> codes (1, T, h, w) int64 on the pipeline's device,
+    encoded as the shards of `stage` (keyframe / interpolate), which the frames are given to, were."""
+    return pipeline.tokenizer.encode(frames[None].to(pipeline.device), pipeline.steady_margins.get(stage, 0.0))

@@ -1,6 +1,6 @@
 """The key-frame stage with `learn_first_frame` and `init_from`: the loss covers frame 0 (against a per-position
 cross-entropy written out by hand), a warm start loads exactly the export's temporal weights, the export records
-the mark, and a warm start from another stage or other image weights is refused naming both values."""
+the mark and its shards' steady margin, and a warm start from another stage or other image weights is refused naming both values."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator
+from cogvideo_lite.prepare import PrepareConfig, prepare
 from cogvideo_lite.tasks.generator_task import GeneratorObjective, GeneratorTask
 from tests.helpers import CONFIGS, train
 
@@ -59,6 +60,13 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
           stage_sets("keyframe", inputs, image_run) + ["learn_first_frame=true"])
     export = keyframe_run / "model"
     assert json.loads((export / "generator.json").read_text())["learns_first_frame"] is True
+    assert json.loads((export / "generator.json").read_text())["steady_margin"] == 0.0  # plain shards
+    steady = tmp_path / "steady-shards"  # shards of steady codes: their margin travels into the export
+    prepare(PrepareConfig(data=inputs.shapes, tokenizer=inputs.tokenizer, text=inputs.text, out=steady,
+                          steady_margin=0.05), progress=False, device="cpu")
+    GeneratorTask(load_config(CONFIGS / "keyframe_tiny.yaml", stage_sets("keyframe", inputs, image_run) + [
+        f"run_dir={tmp_path / 'steady'}", f"data.shards={steady}"])).export(tmp_path / "steady-export")
+    assert json.loads((tmp_path / "steady-export" / "generator.json").read_text())["steady_margin"] == 0.05
 
     def task_from(init_from, stage="keyframe"):
         sets = stage_sets(stage, inputs, image_run) + [f"run_dir={tmp_path / 'next'}", f"init_from={init_from}"]

@@ -148,7 +148,7 @@ def test_missing_or_wrong_checkpoint_directory(bundle, tmp_path, capsys):
 # ------------------------------------------------------------------ given videos
 def test_init_video_frames_are_read_at_the_key_rate_and_kept(pipeline, bundle, clip, tmp_path):
     path, frames = clip
-    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2)  # times 0 s and 0.5 s
+    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2, stage="keyframe")  # at 0 s, 0.5 s
     decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2]).asnumpy()
     assert torch.equal(codes, pipeline.tokenizer.encode(to_model_frames(decoded, 32)[None]))
     videos = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=1, seed=0, num_samples=2,
@@ -160,9 +160,32 @@ def test_init_video_frames_are_read_at_the_key_rate_and_kept(pipeline, bundle, c
     assert entries[0]["num_frames"] == 9 and (tmp_path / "out" / entries[0]["sheet"]).is_file()
 
 
+def test_given_frames_are_encoded_as_the_receiving_stage_was_trained(bundle, clip, tmp_path):
+    """A stage trained on `prepare --steady-margin m` shards records m; frames given to it are encoded with m."""
+    import shutil
+
+    from cogvideo_lite.pipeline import Pipeline
+
+    path, _ = clip
+    steady = tmp_path / "bundle"
+    shutil.copytree(bundle, steady)
+    spec_file = steady / "keyframe" / "generator.json"
+    assert json.loads(spec_file.read_text())["steady_margin"] == 0.0  # exports record their shards' margin
+    spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "steady_margin": 0.3}))
+    loaded = Pipeline.load(steady)
+    assert loaded.steady_margins == {"keyframe": 0.3, "interpolate": 0.0}
+    decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2, CLIP_FPS]).asnumpy()
+    frames = to_model_frames(decoded, 32)[None]
+    steady_codes = loaded.tokenizer.encode(frames, steady_margin=0.3)
+    plain_codes = loaded.tokenizer.encode(frames)
+    assert not torch.equal(steady_codes, plain_codes)  # the margin changes these codes, so the test can tell
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="keyframe"), steady_codes)
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="interpolate"), plain_codes)
+
+
 def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, bundle, clip, tmp_path):
     path, _ = clip
-    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2)  # (1, 5, h, w)
+    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2, stage="interpolate")  # (1, 5, h, w)
     for rounds, expected in ((0, 5), (1, 9), (2, 17)):
         entries = run_sample(["--prompt", PROMPT, "--interpolate-video", str(path), "--fps", "2", "--rounds",
                               str(rounds), "--seed", "1"], bundle, tmp_path / f"out{rounds}")

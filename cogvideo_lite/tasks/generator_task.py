@@ -83,6 +83,7 @@ class GeneratorTask:
                                      codebook_size=tokenizer_config["codebook_size"])
         self.contracts = {"text": self.text.spec, "frame_tokenizer": meta["frame_tokenizer"],
                           "rates": list(self.text.rates)}
+        self.steady_margin = float(meta.get("prepare", {}).get("steady_margin", 0.0))  # how the shards were encoded
         self.model = self._build_model()
         self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame)
         self.plan = self.module.plan
@@ -168,7 +169,7 @@ class GeneratorTask:
     def export(self, directory: Path) -> None:
         save_stage(self.model, directory, self.stage, self.contracts,
                    image_dir=None if self.stage == "image" else self.image_dir,
-                   learns_first_frame=self.config.learn_first_frame)
+                   learns_first_frame=self.config.learn_first_frame, steady_margin=self.steady_margin)
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         return {}

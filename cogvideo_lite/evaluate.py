@@ -2,7 +2,7 @@
 
     python -m cogvideo_lite.evaluate shapes --ckpt BUNDLE [--prompts FILE] [--seeds 2] [--seed 0] [--rounds N]
         [--batch-size 32] [--temperature/--top-k/--top-p/--cfg ...] [--reference DATASET [--reference-clips N]]
-        [--i3d PATH] [--inception PATH] [--json OUT] [--device auto]
+        [--round-trip] [--i3d PATH] [--inception PATH] [--json OUT] [--device auto]
 
 generates `--seeds` videos per prompt (default prompts: all 168 captions of the grammar) with the pipeline, key
 frames at the bundle's lowest rate r and `--rounds` interpolation rounds (default: as many as the rates allow), and
@@ -20,7 +20,9 @@ measures them with the analytic checker (`checker.py`, where every measure is de
 its JSON truth beside it) read the same way (the same frame times; resized to the bundle's frame size), so the
 checker's own accuracy is on the same table; a clip that cannot be used is skipped with a warning naming it. With a
 reference, `--i3d` / `--inception` add FVD / frame FID between the generated videos and the reference clips
-(local TorchScript files only, see `frechet.py`). Without `--ckpt` only the reference is measured (rates
+(local TorchScript files only, see `frechet.py`). `--round-trip` measures the reference clips after the bundle's
+tokenizer has encoded (as the key-frame stage's shards were) and decoded them: what a generator with that tokenizer
+could show at best. Without `--ckpt` only the reference is measured (rates
 DEFAULT_RATES, REFERENCE_KEY_FRAMES key frames). Prints a table; `--json` writes every number, the counts and the
 arguments.
 
@@ -50,7 +52,7 @@ from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_c
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
 from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, interpolation_knobs
-from cogvideo_lite.pipeline import Pipeline, generate_videos, max_rounds
+from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES
 from tokenizer.frames import to_model_frames, to_uint8
 
@@ -206,6 +208,17 @@ def read_reference(root: Path, count: int, key_frames: int, key_rate: int, round
     return clips, doubled_clips if doubled else None, skipped
 
 
+def round_trip(pipeline: Pipeline, clips: list[ReferenceClip]) -> list[ReferenceClip]:
+    """Each clip's frames encoded as the key-frame stage's shards were (its steady margin) and decoded again."""
+    out = []
+    for clip in clips:
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
+        with torch.no_grad():
+            decoded = decode_codes(pipeline, encode_frames(pipeline, frames, "keyframe"))[0]  # (T, H, W, 3) uint8
+        out.append(ReferenceClip(clip.caption, decoded, clip.key_indices))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interpolation rounds (default: as many as the rates allow)")
     parser.add_argument("--batch-size", type=int, default=32, help="(prompt, sample) pairs generated together")
     parser.add_argument("--reference-clips", type=int, help="reference clips to read (default: prompts x seeds)")
+    parser.add_argument("--round-trip", action="store_true",
+                        help="measure the reference clips encoded (as the key-frame stage's shards were) and decoded "
+                             "by the bundle's tokenizer: the best a generator with it can show")
     add_knob_arguments(parser)
     parser.add_argument("--i3d", type=Path, help="I3D TorchScript file for FVD (needs --ckpt and --reference)")
     parser.add_argument("--inception", type=Path, help="Inception TorchScript file for FID (needs both too)")
@@ -262,6 +278,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             find_captions_file(args.reference)
         except (FileNotFoundError, ValueError) as error:
             parser.error(f"--reference: {error}")
+    if args.round_trip and (args.ckpt is None or args.reference is None):
+        parser.error("--round-trip passes reference clips through the bundle's tokenizer: give --ckpt and --reference")
     for flag, path in (("--i3d", args.i3d), ("--inception", args.inception)):
         if path is not None and (args.ckpt is None or args.reference is None):
             parser.error(f"{flag} compares generated videos with reference clips: give --ckpt and --reference too")
@@ -348,7 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     captions = [prompt for prompt in prompts for _ in range(args.seeds)]
     report = {"arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
               "key_rate": rate, "rounds": rounds, "fps": rate * 2 ** rounds, "generated": None, "reference": None,
-              "reference_skipped": [], "fvd": None, "fid": None}
+              "reference_skipped": [], "reference_round_trip": args.round_trip, "fvd": None, "fid": None}
 
     videos = None
     if pipeline is not None:
@@ -362,6 +380,9 @@ def main(argv: list[str] | None = None) -> dict:
         count = args.reference_clips or len(captions)
         clips, doubled_clips, report["reference_skipped"] = read_reference(
             args.reference, count, key_frames, rate, rounds, size, doubled=2 * rate in rates)
+        if args.round_trip:
+            clips = round_trip(pipeline, clips)
+            doubled_clips = None if doubled_clips is None else round_trip(pipeline, doubled_clips)
         if clips:
             report["reference"] = evaluate_videos(clips, [clip.caption for clip in clips], doubled_clips)
         if videos is not None and (args.i3d or args.inception):

@@ -49,8 +49,9 @@ fi
 echo "[demo] 3/7 text model"
 rm -rf "$RUNS/text" "$RUNS/shards"
 $PY -m cogvideo_lite.text --data "$DATA" --out "$RUNS/text"
-echo "[demo] 4/7 token shards"
-$PY -m cogvideo_lite.prepare --data "$DATA" --tokenizer "$TOKENIZER" --text "$RUNS/text" --out "$RUNS/shards"
+echo "[demo] 4/7 token shards (steady codes, as the shipped model's video stages were trained on)"
+$PY -m cogvideo_lite.prepare --data "$DATA" --tokenizer "$TOKENIZER" --text "$RUNS/text" --out "$RUNS/shards" \
+    --steady-margin 0.05
 
 COMMON=(--overwrite --set data.shards=$RUNS/shards --set train.log_every=10 --set train.warmup_steps=20)
 echo "[demo] 5/7 image stage"

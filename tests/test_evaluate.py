@@ -130,6 +130,32 @@ def test_command_writes_every_measure_for_generated_and_reference_videos(bundle,
     assert np.isfinite(report["fvd"]) and report["fvd"] >= 0 and np.isfinite(report["fid"]) and report["fid"] >= 0
 
 
+def test_round_trip_measures_the_reference_through_the_bundles_tokenizer(bundle, shapes_dataset, tmp_path):
+    from tokenizer.frames import to_uint8
+    from tokenizer.io import load_tokenizer
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    report = main(["shapes", "--ckpt", str(bundle), "--prompts", str(prompts), "--seeds", "1", "--rounds", "1",
+                   "--batch-size", "1", "--reference", str(shapes_dataset), "--reference-clips", "3", "--round-trip",
+                   "--device", "cpu"])
+    assert report["reference_round_trip"] is True
+    # by hand: the same clips, each frame encoded and decoded by the bundle's tokenizer
+    clips, doubled, _ = read_reference(shapes_dataset, 3, 5, 1, 1, 32, doubled=True)
+    tokenizer = load_tokenizer(bundle / "tokenizer").eval()
+
+    def by_hand(clip):
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            return ReferenceClip(clip.caption, to_uint8(tokenizer.decode(tokenizer.encode(frames[None]))[0]),
+                                 clip.key_indices)
+
+    expected = evaluate_videos([by_hand(c) for c in clips], [c.caption for c in clips], [by_hand(c) for c in doubled])
+    assert report["reference"] == json.loads(json.dumps(expected))
+    truth = evaluate_videos(clips, [c.caption for c in clips], doubled)
+    assert truth["shape_accuracy"] == 1.0 and report["reference"]["per_video"] != truth["per_video"]  # it changed
+
+
 def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moves left slowly\na red dog runs\n")
@@ -146,6 +172,7 @@ def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset,
         (["--ckpt", str(bundle), "--seeds", "0"], "--seeds 0: must be >= 1"),
         (["--ckpt", str(bundle), "--seed", "-1"], "--seed -1: must be >= 0"),
         (["--ckpt", str(bundle), "--top-p", "2"], "top_p=2.0"),
+        (["--ckpt", str(bundle), "--round-trip"], "--round-trip .*give --ckpt and --reference"),
     ]
     for arguments, message in cases:
         with pytest.raises(SystemExit) as raised:

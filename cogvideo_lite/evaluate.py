@@ -45,6 +45,7 @@ from typing import Protocol
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from tqdm import tqdm
 
 from cogvideo_lite.checker import VideoCheck, check_video
 from cogvideo_lite.data.captions import find_captions_file, load_entries
@@ -211,7 +212,7 @@ def read_reference(root: Path, count: int, key_frames: int, key_rate: int, round
 def round_trip(pipeline: Pipeline, clips: list[ReferenceClip]) -> list[ReferenceClip]:
     """Each clip's frames encoded as the key-frame stage's shards were (its steady margin) and decoded again."""
     out = []
-    for clip in clips:
+    for clip in tqdm(clips, desc="reference through the tokenizer", unit="clip"):
         frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
         with torch.no_grad():
             decoded = decode_codes(pipeline, encode_frames(pipeline, frames, "keyframe"))[0]  # (T, H, W, 3) uint8

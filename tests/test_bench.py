@@ -111,3 +111,22 @@ def test_gpu_bench_smoke_runs_on_cpu_and_writes_json(tmp_path):
     assert [row["batch"] for row in record["rows"][2:]] == [1, 2]
     assert all(row["s/call"] > 0 for row in record["rows"][2:]) and record["rows"][1]["tokens/s"] > 0
     assert record["settings"]["smoke"] and record["machine"]["torch"] == torch.__version__
+
+
+def test_shape_probe_counts_the_checkers_shape_per_captioned_shape(bundle):
+    import numpy as np
+
+    from bench.shape_probe import main as shape_probe, shape_shares
+    from cogvideo_lite.data.shapes import caption_for, render_clip
+
+    rng = np.random.default_rng(0)
+    words = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "square")]
+    frames = np.stack([render_clip(colour, shape, "left", "slowly", rng)[0][0] for colour, shape in words])
+    captions = [caption_for(colour, shape, "left", "slowly") for colour, shape in words]
+    assert shape_shares(frames, captions) == {"circle": 1.0, "square": 1.0, "triangle": 1.0}
+    # the same frames under other shapes' captions: the circle called a square, one square called a triangle
+    wrong = [caption_for(c, s, "left", "slowly") for c, s in
+             [("red", "square"), ("blue", "square"), ("green", "triangle"), ("yellow", "triangle")]]
+    assert shape_shares(frames, wrong) == {"square": 0.5, "triangle": 0.5}
+    result = shape_probe(["--ckpt", str(bundle), "--seeds", "1"])  # the untrained tiny bundle: runs end to end
+    assert result["captions"] == 168 and set(result["image_model"]) == {"circle", "square", "triangle"}

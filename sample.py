@@ -12,6 +12,7 @@ or over-long prompt, a missing or mismatched bundle, an unreadable video) stops 
 exit code 2 and a one-line message naming the problem, its allowed range and the fix.
 
 Takes a bundle directory and sampling knobs only (`cogvideo_lite/bundle.py`); everything else is rebuilt from it.
+Knobs left out take the bundle's recommended values (its `sampling.json`, if any), else the built-in defaults.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from safetensors import SafetensorError
 
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
-from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, interpolation_knobs
+from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import PromptTooLong
 
@@ -216,12 +217,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    knobs = check_knobs(parser, args)
     prompts = read_prompts(parser, args)
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out}: is a file; give a directory")
     device = choose_device(parser, args.device)
     pipeline = load_pipeline(parser, args.ckpt, device)
+    fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
+    knobs = check_knobs(parser, args)
     rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
     check_prompt_lengths(parser, pipeline, prompts)
     given = read_given_codes(parser, args, pipeline, rate)

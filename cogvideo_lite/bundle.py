@@ -9,7 +9,9 @@ against the bundle directory), so a bundle can point at the `model/` exports of 
 
 copies the five parts into a self-contained DIR (built under `DIR.tmp`, then renamed), with the training runs'
 `metrics.jsonl` / `config.yaml` that sit beside an export (`runs/X/model` -> `runs/X/metrics.jsonl`) under
-`DIR/logs/<part>/`, and a `provenance.json` naming the sources.
+`DIR/logs/<part>/`, and a `provenance.json` naming the sources. `--recommend top_k=20 --recommend interp_top_k=1`
+writes the bundle's recommended sampling knobs to `sampling.json` (optional; any of temperature, top_k,
+interp_top_k, top_p, cfg): `sample.py` and `evaluate` use them for the knobs their command line leaves out.
 
 Contracts (`check_contracts`, run by `Pipeline.load` and by the command above, before and after copying):
 the image export's recorded text-model sha256 equals the text model's; its recorded frame-tokenizer weights
@@ -41,12 +43,14 @@ from safetensors.torch import save_file
 
 from cogvideo_lite.checkpoint import sha256_file
 from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, read_spec
+from cogvideo_lite.model.sampling import check_recommended_knobs
 from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
 from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config
 
 PART_NAMES = ("tokenizer", "text", "image", "keyframe", "interpolate")
 VIDEO_STAGES = ("keyframe", "interpolate")
 BUNDLE_MAP_FILE = "bundle.json"
+SAMPLING_FILE = "sampling.json"  # optional: the bundle's recommended sampling knobs
 PROVENANCE_FILE = "provenance.json"
 LOGS_DIR = "logs"
 RUN_LOG_FILES = ("metrics.jsonl", "config.yaml")  # what a run directory keeps beside its `model/` export
@@ -62,6 +66,39 @@ class BundleError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 # Finding the parts
 # ----------------------------------------------------------------------------------------------------------------
+
+def read_recommended_knobs(directory: str | Path) -> dict[str, float | int | None]:
+    """The bundle's sampling.json (checked), or {} when it has none."""
+    path = Path(directory) / SAMPLING_FILE
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise BundleError(f"{path}: not valid JSON ({error})") from error
+    try:
+        return check_recommended_knobs(raw, str(path))
+    except ValueError as error:
+        raise BundleError(str(error)) from error
+
+
+def parse_recommendations(items: list[str]) -> dict[str, float | int | None]:
+    """`name=value` strings (--recommend) -> a checked knob mapping; value `none` clears top_k / interp_top_k."""
+    raw: dict[str, float | int | None] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise BundleError(f"--recommend {item}: expected name=value, e.g. top_k=20")
+        try:
+            raw[name] = None if value.lower() in ("none", "null") else (
+                int(value) if name in ("top_k", "interp_top_k") else float(value))
+        except ValueError as error:
+            raise BundleError(f"--recommend {item}: {value!r} is not a number") from error
+    try:
+        return check_recommended_knobs(raw, "--recommend")
+    except ValueError as error:
+        raise BundleError(str(error)) from error
+
 
 def resolve_parts(directory: str | Path) -> dict[str, Path]:
     """The five part directories of a bundle: from bundle.json if present, else the subdirectories."""
@@ -217,8 +254,10 @@ def _point_video_stages_at(root: Path, image_dir: Path) -> None:
         spec_path.write_text(json.dumps(spec, indent=2))
 
 
-def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False) -> Path:
-    """Copy the five parts into a self-contained bundle at `out` (built under `out.tmp`, renamed at the end)."""
+def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
+                recommended_knobs: dict[str, float | int | None] | None = None) -> Path:
+    """Copy the five parts into a self-contained bundle at `out` (built under `out.tmp`, renamed at the end), with
+    `recommended_knobs` (checked by `parse_recommendations`) as its sampling.json when given."""
     out = Path(out).resolve()
     if out.exists():
         raise BundleError(f"--out {out} already exists; choose a new directory or remove it")
@@ -245,6 +284,8 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False) -
         _rewrite_checksums(tmp)
     _point_video_stages_at(tmp, out / "image")
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    if recommended_knobs:
+        (tmp / SAMPLING_FILE).write_text(json.dumps(recommended_knobs, indent=2) + "\n")
     check_contracts({name: tmp / name for name in PART_NAMES})
     os.replace(tmp, out)
     return out
@@ -264,9 +305,13 @@ def main(argv: list[str] | None = None) -> Path:
     for name in PART_NAMES:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} export directory")
     parser.add_argument("--bf16", action="store_true", help="store weights as bfloat16 (half the size)")
+    parser.add_argument("--recommend", action="append", default=[], metavar="KNOB=VALUE",
+                        help="a recommended sampling knob (temperature, top_k, interp_top_k, top_p, cfg) written "
+                             "to sampling.json; repeatable")
     args = parser.parse_args(argv)
     try:
-        out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES}, bf16=args.bf16)
+        out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES}, bf16=args.bf16,
+                          recommended_knobs=parse_recommendations(args.recommend))
     except (BundleError, CheckpointMismatch, FileNotFoundError) as error:
         parser.error(str(error))
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())

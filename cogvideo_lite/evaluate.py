@@ -52,7 +52,7 @@ from cogvideo_lite.data.captions import find_captions_file, load_entries
 from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_captions
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
-from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, interpolation_knobs
+from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES
 from tokenizer.frames import to_model_frames, to_uint8
@@ -265,7 +265,7 @@ def read_prompts(parser: argparse.ArgumentParser, path: Path | None) -> list[str
     return prompts
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.ckpt is None and args.reference is None:
         parser.error("nothing to evaluate: give --ckpt BUNDLE, --reference DATASET, or both")
     for name, least in (("seeds", 1), ("batch_size", 1), ("reference_clips", 1), ("seed", 0)):
@@ -286,6 +286,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"{flag} compares generated videos with reference clips: give --ckpt and --reference too")
         if path is not None and not path.is_file():
             parser.error(f"{flag} {path}: no such file; give the local TorchScript weights (nothing is downloaded)")
+
+
+def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                         pipeline: Pipeline | None) -> SamplingKnobs:
+    """The sampling knobs: those given, the rest from the bundle's sampling.json, else built in; then checked."""
+    fill_knob_defaults(args, {} if pipeline is None else pipeline.recommended_knobs)
     if args.interp_top_k is not None and args.interp_top_k < 1:
         parser.error(f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k")
     try:
@@ -359,9 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    knobs = check_arguments(parser, args)
+    check_arguments(parser, args)
     prompts = read_prompts(parser, args.prompts)
     pipeline = load_pipeline(parser, args)
+    knobs = check_knob_arguments(parser, args, pipeline)
     rates = DEFAULT_RATES if pipeline is None else pipeline.rates
     rate, rounds = choose_rounds(parser, tuple(rates), args.rounds)
     captions = [prompt for prompt in prompts for _ in range(args.seeds)]

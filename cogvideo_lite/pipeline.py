@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite.bundle import check_contracts, resolve_parts
+from cogvideo_lite.bundle import check_contracts, read_recommended_knobs, resolve_parts
 from cogvideo_lite.generator_io import load_image_model, load_stage
 from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
 from cogvideo_lite.model.sampling import SamplingKnobs
@@ -58,6 +58,8 @@ class Pipeline:
     keyframe_makes_first_frame: bool = False  # the key-frame model learnt frame 0 (`learn_first_frame`)
     # per video stage, the `prepare --steady-margin` its training codes were encoded with (exports before it: 0)
     steady_margins: dict[str, float] = field(default_factory=dict)
+    # the bundle's recommended sampling knobs (its optional sampling.json): defaults for sample.py and evaluate
+    recommended_knobs: dict[str, float | int | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
@@ -73,7 +75,8 @@ class Pipeline:
                    interpolate=interpolation, rates=tuple(specs["image"]["rates"]), device=device,
                    keyframe_makes_first_frame=bool(keyframe_spec.get("learns_first_frame", False)),
                    steady_margins={"keyframe": float(keyframe_spec.get("steady_margin", 0.0)),
-                                   "interpolate": float(interpolate_spec.get("steady_margin", 0.0))})
+                                   "interpolate": float(interpolate_spec.get("steady_margin", 0.0))},
+                   recommended_knobs=read_recommended_knobs(directory))
 
     @property
     def num_key_frames(self) -> int:

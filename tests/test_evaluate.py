@@ -156,6 +156,20 @@ def test_round_trip_measures_the_reference_through_the_bundles_tokenizer(bundle,
     assert truth["shape_accuracy"] == 1.0 and report["reference"]["per_video"] != truth["per_video"]  # it changed
 
 
+def test_evaluate_samples_with_the_bundles_recommended_knobs_unless_given(bundle, tmp_path):
+    recommended = tmp_path / "recommended"
+    shutil.copytree(bundle, recommended)
+    (recommended / "sampling.json").write_text('{"top_k": 3, "interp_top_k": 1}')
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(PROMPTS[0] + "\n")
+    common = ["shapes", "--ckpt", str(recommended), "--prompts", str(prompts), "--seeds", "1", "--rounds", "1",
+              "--batch-size", "1", "--device", "cpu"]
+    used = main(common)["arguments"]
+    assert (used["top_k"], used["interp_top_k"], used["temperature"], used["cfg"]) == (3, 1, 1.0, 1.0)
+    used = main(common + ["--top-k", "9"])["arguments"]
+    assert (used["top_k"], used["interp_top_k"]) == (9, 1)
+
+
 def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moves left slowly\na red dog runs\n")

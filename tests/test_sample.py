@@ -77,6 +77,40 @@ def test_prompts_file_samples_and_knobs(bundle, tmp_path):
     assert knobs == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0}
 
 
+def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bundle, tmp_path, capsys):
+    import shutil
+
+    from cogvideo_lite.bundle import make_bundle, parse_recommendations
+
+    recommended = tmp_path / "recommended"
+    make_bundle(recommended, {name: bundle / name for name in ("tokenizer", "text", "image", "keyframe",
+                                                               "interpolate")},
+                recommended_knobs=parse_recommendations(["top_k=3", "interp_top_k=1", "temperature=0.5"]))
+    assert json.loads((recommended / "sampling.json").read_text()) == {"top_k": 3, "interp_top_k": 1,
+                                                                      "temperature": 0.5}
+
+    def knobs_of(arguments, out):
+        run_sample(["--prompt", PROMPT, "--fps", "4", "--rounds", "1"] + arguments, recommended, tmp_path / out)
+        listing = json.loads((tmp_path / out / "samples.json").read_text())
+        return listing["knobs"], listing["interpolation_knobs"]["top_k"]
+
+    assert knobs_of([], "a") == ({"temperature": 0.5, "top_k": 3, "top_p": 1.0, "guidance_scale": 1.0}, 1)
+    assert knobs_of(["--top-k", "7", "--temperature", "1"], "b") == (
+        {"temperature": 1.0, "top_k": 7, "top_p": 1.0, "guidance_scale": 1.0}, 1)  # given flags win
+    run_sample(["--prompt", PROMPT, "--fps", "4", "--rounds", "1"], bundle, tmp_path / "c")  # no sampling.json
+    assert json.loads((tmp_path / "c" / "samples.json").read_text())["knobs"]["top_k"] is None
+    for content, message in (('{"top_kk": 3}', "unknown sampling knob(s) top_kk"),
+                             ('{"top_k": 0}', "top_k=0: expected null or an integer >= 1"),
+                             ("{top_k: 3", "not valid JSON")):
+        (recommended / "sampling.json").write_text(content)
+        with pytest.raises(SystemExit) as raised:
+            run_sample(["--prompt", PROMPT], recommended, tmp_path / "d")
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert raised.value.code == 2 and "sampling.json" in error and message in error, error
+    assert not (tmp_path / "d").exists()
+    shutil.rmtree(recommended)
+
+
 def test_sheet_rows_hold_key_frames_then_all_frames():
     def rows_of(num_frames: int, stride: int) -> list[int]:
         frames = np.zeros((num_frames, 4, 4, 3), dtype=np.uint8)

@@ -78,14 +78,49 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
 
 
 # ---------------------------------------------------------------------------------------------------- command line
+# Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
+BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0}
+
+
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
-    """The knobs as options (`sample.py`, `python -m cogvideo_lite.evaluate`); each script checks the values."""
-    parser.add_argument("--temperature", type=float, default=1.0, help="> 0; lower is more conservative")
+    """The knobs as options (`sample.py`, `python -m cogvideo_lite.evaluate`); each script checks the values. A knob
+    left out takes the bundle's recommendation (`sampling.json`), else BUILTIN_KNOBS: see `fill_knob_defaults`."""
+    parser.add_argument("--temperature", type=float, help="> 0; lower is more conservative (default 1)")
     parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
     parser.add_argument("--interp-top-k", type=int,
                         help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass in (0, 1]; 1 turns it off")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale >= 0; 1 = none")
+    parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; 1 (the default) turns it off")
+    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale >= 0; 1 (the default) = none")
+    parser.epilog = ((parser.epilog or "") + "\nSampling knobs left out take the bundle's recommended values "
+                     "(its sampling.json), else the defaults above.").strip()
+
+
+def fill_knob_defaults(args: argparse.Namespace, recommended: dict[str, float | int | None]) -> None:
+    """Give every knob the command line left out (None) the bundle's recommended value, else the built-in one."""
+    for name, builtin in BUILTIN_KNOBS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, recommended.get(name, builtin))
+
+
+def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | None]:
+    """A bundle's `sampling.json` mapping, checked: only knob names, each value as the options allow."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of knob names to values, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(BUILTIN_KNOBS))
+    if unknown:
+        raise ValueError(f"{where}: unknown sampling knob(s) {', '.join(unknown)}; expected some of "
+                         f"{', '.join(BUILTIN_KNOBS)}")
+    knobs = {**BUILTIN_KNOBS, **raw}
+    problems = check_knobs(knobs["temperature"], knobs["top_k"], knobs["top_p"])
+    interp_top_k = knobs["interp_top_k"]
+    if interp_top_k is not None and (not isinstance(interp_top_k, int) or isinstance(interp_top_k, bool)
+                                     or interp_top_k < 1):
+        problems.append(f"interp_top_k={interp_top_k!r}: expected null or an integer >= 1")
+    if not isinstance(knobs["cfg"], (int, float)) or isinstance(knobs["cfg"], bool) or not knobs["cfg"] >= 0:
+        problems.append(f"cfg={knobs['cfg']!r}: expected a number >= 0")
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return dict(raw)
 
 
 def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None) -> SamplingKnobs:

@@ -111,6 +111,20 @@ def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bu
     shutil.rmtree(recommended)
 
 
+def test_bundle_recommend_reads_knob_values_and_names_a_bad_one():
+    from cogvideo_lite.bundle import BundleError, parse_recommendations
+
+    assert parse_recommendations(["top_k=20", "interp_top_k=1", "temperature=0.9", "cfg=2"]) == {
+        "top_k": 20, "interp_top_k": 1, "temperature": 0.9, "cfg": 2.0}
+    assert parse_recommendations(["top_k=none", "top_p=0.9"]) == {"top_k": None, "top_p": 0.9}
+    for items, message in ((["top_k"], "expected name=value"), (["top_k=abc"], "'abc' is not a number"),
+                           (["topk=3"], "unknown sampling knob(s) topk"), (["top_p=2"], "top_p=2.0"),
+                           (["interp_top_k=0"], "interp_top_k=0"), (["cfg=-1"], "cfg=-1.0"),
+                           (["top_p=none"], "top_p=None")):
+        with pytest.raises(BundleError, match=re.escape(message)):
+            parse_recommendations(items)
+
+
 def test_sheet_rows_hold_key_frames_then_all_frames():
     def rows_of(num_frames: int, stride: int) -> list[int]:
         frames = np.zeros((num_frames, 4, 4, 3), dtype=np.uint8)

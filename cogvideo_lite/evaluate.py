@@ -212,8 +212,9 @@ def read_reference(root: Path, count: int, key_frames: int, key_rate: int, round
 def round_trip(pipeline: Pipeline, clips: list[ReferenceClip]) -> list[ReferenceClip]:
     """Each clip's frames encoded as the key-frame stage's shards were (its steady margin) and decoded again."""
     out = []
+    size = pipeline.tokenizer.config.image_size  # the clips are read at it: no resizing here
     for clip in tqdm(clips, desc="reference through the tokenizer", unit="clip"):
-        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # (T, 3, H, W) in [-1, 1]
+        frames = to_model_frames(clip.frames, size)  # (T, 3, H, W) in [-1, 1]
         with torch.no_grad():
             decoded = decode_codes(pipeline, encode_frames(pipeline, frames, "keyframe"))[0]  # (T, H, W, 3) uint8
         out.append(ReferenceClip(clip.caption, decoded, clip.key_indices))

@@ -157,12 +157,13 @@ class VQVAE(nn.Module):
         if steady_margin < 0:
             raise ValueError(f"steady_margin={steady_margin}: expected >= 0")
         features = self.encoder(frames.reshape(batch * time, *frames.shape[2:]))
-        codes = self.quantizer.lookup(features).view(batch, time, *self.config.grid)  # (B, T, h, w)
-        if steady_margin > 0:
-            features = features.view(batch, time, *features.shape[1:])
-            for t in range(1, time):
-                codes[:, t] = self.quantizer.lookup_steady(features[:, t], codes[:, t - 1], steady_margin)
-        return codes
+        if steady_margin == 0:
+            return self.quantizer.lookup(features).view(batch, time, *self.config.grid)  # (B, T, h, w)
+        features = features.view(batch, time, *features.shape[1:])
+        codes = [self.quantizer.lookup(features[:, 0])]  # each (B, h, w)
+        for t in range(1, time):
+            codes.append(self.quantizer.lookup_steady(features[:, t], codes[-1], steady_margin))
+        return torch.stack(codes, dim=1)  # (B, T, h, w)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

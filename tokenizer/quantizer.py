@@ -92,8 +92,7 @@ class VectorQuantizer(nn.Module):
     def lookup(self, features: torch.Tensor) -> torch.Tensor:
         """features (N, C, h, w) -> codes (N, h, w) int64; never changes state."""
         batch, _, height, width = features.shape
-        similarity = self._unit_vectors(features) @ F.normalize(self.codebook, dim=1).t()   # (M, K)
-        return similarity.argmax(dim=1).view(batch, height, width)
+        return self._similarity(features).argmax(dim=1).view(batch, height, width)
 
     @torch.no_grad()
     def lookup_steady(self, features: torch.Tensor, previous: torch.Tensor, margin: float) -> torch.Tensor:
@@ -101,10 +100,14 @@ class VectorQuantizer(nn.Module):
         is within `margin` of the best one: static content keeps its code from frame to frame instead of flipping
         between near-equal neighbours on invisible noise."""
         batch, _, height, width = features.shape
-        similarity = self._unit_vectors(features) @ F.normalize(self.codebook, dim=1).t()   # (M, K)
+        similarity = self._similarity(features)                                              # (M, K)
         best, codes = similarity.max(dim=1)                                                  # (M,)
         kept = similarity.gather(1, previous.reshape(-1, 1))[:, 0]                           # (M,)
         return torch.where(kept >= best - margin, previous.reshape(-1), codes).view(batch, height, width)
+
+    def _similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, C, h, w) -> cosine similarity of every position to every code (N*h*w, K), float32."""
+        return self._unit_vectors(features) @ F.normalize(self.codebook, dim=1).t()
 
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """codes (N, h, w) int64 -> unit code vectors (N, code_dim, h, w) in the projection's dtype."""

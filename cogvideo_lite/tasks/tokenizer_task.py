@@ -152,8 +152,12 @@ class TokenizerTask:
             logger.info("tokenizer: weights and codebook start from %s", directory)
             return
         ours, theirs = self.model.state_dict(), exported.state_dict()
-        kept = {name for name in ours if not any(name == m or name.startswith(m + ".") for m in fresh)}
-        unknown = [m for m in fresh if not any(name == m or name.startswith(m + ".") for name in ours)]
+
+        def within(name: str, module: str) -> bool:
+            return name == module or name.startswith(module + ".")
+
+        kept = {name for name in ours if not any(within(name, m) for m in fresh)}
+        unknown = [m for m in fresh if not any(within(name, m) for name in ours)]
         if unknown:
             raise CheckpointMismatch(f"init_fresh: no tokenizer module is named {', '.join(unknown)}")
         problems = [f"{name} {tuple(theirs[name].shape)} (this run: {tuple(ours[name].shape)})" for name in sorted(kept)

@@ -1,11 +1,13 @@
 """Where a shape is lost: the checker's shape of frame 0, per captioned shape, from each part of a bundle.
 
     python -m bench.shape_probe --ckpt checkpoints/shapes-tiny [--seeds 2] [--top-k 20] [--json OUT]
+    python -m bench.shape_probe --ckpt checkpoints/shapes-tiny --image runs/img-long/model   # another image export
 
 For every caption of the built-in grammar (56 per shape) and seed, frame 0 is drawn from text alone by
 - the image model (the frozen spatial channel every video stage builds on), and
 - the key-frame model, where the bundle's key-frame stage was trained with `learn_first_frame`;
-each decoded frame goes through the analytic checker (`checker.check_frames`), and the share whose shape is the
+with `--image DIR`, the image model is that export instead (it must fit the bundle's frame tokenizer, text model and
+layout; the key-frame model is then left out, as it was trained on other image weights). Each decoded frame goes through the analytic checker (`checker.check_frames`), and the share whose shape is the
 captioned one is reported per shape. The tokenizer's own share (true clips encoded and decoded) is
 `python -m cogvideo_lite.evaluate shapes --reference DATASET --round-trip`.
 """
@@ -20,8 +22,10 @@ import numpy as np
 import torch
 
 from bench.common import write_json
+from cogvideo_lite.bundle import resolve_parts
 from cogvideo_lite.checker import check_frames
 from cogvideo_lite.data.shapes import SHAPES, all_captions
+from cogvideo_lite.generator_io import CheckpointMismatch, load_image_model, read_spec
 from cogvideo_lite.model.generate import generate_image, generate_keyframes
 from cogvideo_lite.model.sampling import SamplingKnobs
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts
@@ -56,18 +60,35 @@ def shape_shares(frames: np.ndarray, captions: list[str]) -> dict[str, float]:
     return {shape: right[shape] / total[shape] for shape in SHAPES if total[shape]}
 
 
+def swap_image_model(pipeline: Pipeline, directory: Path) -> None:
+    """Put the image export at `directory` in place of the bundle's; CheckpointMismatch names a contract it breaks."""
+    bundle_image = resolve_parts(pipeline.directory)["image"]
+    ours = read_spec(bundle_image)
+    theirs = read_spec(directory)
+    for key in ("text", "frame_tokenizer", "layout", "rates"):
+        if theirs.get(key) != ours.get(key):
+            raise CheckpointMismatch(f"{directory}: its {key!r} differs from the bundle's image export "
+                                     f"({bundle_image}): {theirs.get(key)!r} vs {ours.get(key)!r}")
+    pipeline.image, _ = load_image_model(directory, pipeline.device)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--top-k", type=int, default=20)
+    parser.add_argument("--image", help="an image export to probe instead of the bundle's (same tokenizer and text)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
-    pipeline = Pipeline.load(args.ckpt)
+    pipeline = Pipeline.load(args.ckpt, args.device)
+    if args.image:
+        swap_image_model(pipeline, Path(args.image))
     knobs = SamplingKnobs(top_k=args.top_k)
     captions = all_captions()
-    sources = ["image"] + (["keyframe"] if pipeline.keyframe_makes_first_frame else [])
-    result = {"ckpt": args.ckpt, "seeds": args.seeds, "top_k": args.top_k, "captions": len(captions)}
+    sources = ["image"] + (["keyframe"] if pipeline.keyframe_makes_first_frame and not args.image else [])
+    result = {"ckpt": args.ckpt, "image": args.image, "seeds": args.seeds, "top_k": args.top_k,
+              "captions": len(captions)}
     for source in sources:
         codes = torch.cat([frame_zero(pipeline, source, captions, knobs, 1000 * seed) for seed in range(args.seeds)])
         shares = shape_shares(decode_codes(pipeline, codes)[:, 0], captions * args.seeds)

@@ -130,3 +130,33 @@ def test_shape_probe_counts_the_checkers_shape_per_captioned_shape(bundle):
     assert shape_shares(frames, wrong) == {"square": 0.5, "triangle": 0.5}
     result = shape_probe(["--ckpt", str(bundle), "--seeds", "1"])  # the untrained tiny bundle: runs end to end
     assert result["captions"] == 168 and set(result["image_model"]) == {"circle", "square", "triangle"}
+
+
+def test_shape_probe_image_option_swaps_in_another_export_that_fits(bundle, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from bench.shape_probe import main as shape_probe, swap_image_model
+    from cogvideo_lite.bundle import resolve_parts
+    from cogvideo_lite.generator_io import CheckpointMismatch, read_weights
+    from cogvideo_lite.pipeline import Pipeline
+
+    image = resolve_parts(bundle)["image"]
+    other = tmp_path / "image"
+    shutil.copytree(image, other)
+    weights = read_weights(other / "model.safetensors")
+    weights = {name: tensor + 0.01 * torch.randn_like(tensor) for name, tensor in weights.items()}
+    save_file(weights, str(other / "model.safetensors"))
+    pipeline = Pipeline.load(bundle)
+    swap_image_model(pipeline, other)
+    assert all(torch.equal(pipeline.image.state_dict()[name], tensor) for name, tensor in weights.items())
+    # the bundle's own image export through --image draws the same frames as the bundle itself
+    plain = shape_probe(["--ckpt", str(bundle), "--seeds", "1", "--device", "cpu"])
+    swapped = shape_probe(["--ckpt", str(bundle), "--seeds", "1", "--device", "cpu", "--image", str(image)])
+    assert swapped["image_model"] == plain["image_model"] and "keyframe_model" not in swapped
+    spec = json.loads((other / "generator.json").read_text())
+    spec["text"]["model_sha256"] = "0" * 64
+    (other / "generator.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointMismatch, match="'text' differs from the bundle's image export"):
+        swap_image_model(pipeline, other)

@@ -7,7 +7,7 @@
 # checkpoint, then `evaluate shapes` of bundles made of the new runs (and of the shipped one), side by side too.
 # Comes back under $OUT: report.txt, gpu_bench.json and the runs with their evaluations (video-runs.tgz.part-*).
 #
-#   IMAGES: name:shards[:extra --set, comma separated]            (empty: the shipped image weights)
+#   IMAGES: name:shards[:extra --set, comma separated]  (empty: the image run IMAGE, default the shipped weights)
 #   RUNS: name:config:shards:init[:extra --set, comma separated]   (init "-" = from scratch on the image weights)
 #   EVALS: name:keyframe-run:interpolate-run
 #
@@ -70,7 +70,7 @@ train_side_by_side() {
 }
 ( while sleep 15; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) > runs/gpu-load.txt &
 MONITOR=$!
-names=(); B=checkpoints/shapes-tiny; IMAGE=runs/image-tiny
+names=(); B=checkpoints/shapes-tiny; IMAGE=${IMAGE:-runs/image-tiny}  # without IMAGES: the video stages build on this
 
 # -- 2. image-stage runs, then the probe of each: the one with the best worst-shape share is the image weights
 if [ -n "$IMAGES" ]; then
@@ -136,7 +136,8 @@ for spec in $EVALS; do
 done
 wait "${pids[@]}"
 for name in "${evals[@]}"; do echo "== evaluate $name"; cat runs/eval-$name.txt; done >> "$REPORT"
-# files of at most 16 MiB come back: split the archive
+# files of at most 16 MiB come back: split the archive (globs that match nothing drop out)
+shopt -s nullglob
 tar czf - runs/gpu-load.txt runs/eval-* runs/probe-* $(for name in "${names[@]}"; do
     echo runs/$name.log runs/$name/model runs/$name/metrics.jsonl runs/$name/config.yaml runs/$name/run.json; done) \
     | split -b 15M - "$OUT/video-runs.tgz.part-"

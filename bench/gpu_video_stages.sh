@@ -11,14 +11,22 @@
 #   RUNS: name:config:shards:init[:extra --set, comma separated]   (init "-" = from scratch on the image weights)
 #   EVALS: name:keyframe-run:interpolate-run
 #
-# The defaults are the runs of 2026-11-26, session 2 (BENCHMARKS.md): three image-stage runs on 8,000-sample steady
-# shards of all 2,000 built-in clips (the shipped image stage saw 1,500 steps of 128 on 4,000 samples of 1,000 clips
-# and rounds squares), then both video stages from scratch on the best of them. The earlier runs of the same day
-# (continuing the shipped video stages on plain and steady shards) were
-#   BENCH=1 IMAGES= RUNS="kf-plain:keyframe:runs/shards-tiny8k:$KF kf-steady:keyframe:runs/shards-steady8k:$KF
-#   kf-steady-scratch:keyframe:runs/shards-steady8k:- in-plain:interpolate:runs/shards-tiny8k:$IN
-#   in-steady:interpolate:runs/shards-steady8k:$IN" STEPS=3000 BATCH=128 LIMIT=310
-#   EVALS="plain:kf-plain:in-plain steady:kf-steady:in-steady steady-scratch:kf-steady-scratch:in-steady"
+# The defaults are the next experiment (BENCHMARKS.md, third GPU session): two image-stage runs on 8,000-sample
+# steady shards of all 2,000 built-in clips (the ones that drew squares best there), then key-frame stages from
+# scratch that start leaning on their temporal channel (spatial_share_init 0.25) and, as the control, at the even
+# mix, and an interpolation stage leaning the same way. The calls of 2026-11-26 were, in order,
+#   BENCH=1 IMAGES= STEPS=3000 BATCH=128 LIMIT=310 RUNS="kf-plain:keyframe:runs/shards-tiny8k:$KF
+#     kf-steady:keyframe:$S8:$KF kf-steady-scratch:keyframe:$S8:- in-plain:interpolate:runs/shards-tiny8k:$IN
+#     in-steady:interpolate:$S8:$IN" EVALS="plain:kf-plain:in-plain steady:kf-steady:in-steady
+#     steady-scratch:kf-steady-scratch:in-steady"                                    (the shipped video stages)
+#   IMAGES="img-a:$S8:train.lr=2e-3,train.warmup_steps=200 img-b:$S8:train.micro_batch=256
+#     img-c:$S8:train.lr=2e-3,train.warmup_steps=200,model.dropout=0.1" STEPS=2500 BATCH=256 LIMIT=220
+#     RUNS="kf-new:keyframe:$S8:- in-new:interpolate:$S8:-:train.steps=2000" EVALS="new:kf-new:in-new"
+#   IMAGES= IMAGE=runs/gpu2/img-c LIMIT=330 RUNS="kf-c:keyframe:$S8:-:train.micro_batch=128,train.steps=4000
+#     in-c:interpolate:$S8:-:train.micro_batch=128,train.steps=4000 kf-c2:keyframe:$S8:-:train.steps=2500
+#     in-c2:interpolate:$S8:-:train.steps=2500" EVALS="c:kf-c:in-c c2:kf-c2:in-c2"
+#   IMAGES= IMAGE=runs/gpu2/img-c LIMIT=85 EVAL_LIMIT=30 EVAL_SEEDS=1 RUNS="kf-c3:keyframe:$S8:runs/kf-c/model:
+#     train.micro_batch=128,train.steps=2200,train.lr=5e-4,train.warmup_steps=20" EVALS="c3:kf-c3:in-c"
 # Carried: .gpu/whl-train (the deepspeed, pydantic and hjson wheels of ../shared/gpu-wheels; no decord: the runs read
 # token shards) and the shard folders the runs name. Without IMAGES the image weights are the shipped bundle's.
 set -uo pipefail
@@ -26,11 +34,12 @@ OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
 BENCH=${BENCH:-0}; BENCH_LIMIT=${BENCH_LIMIT:-90}; EVAL_LIMIT=${EVAL_LIMIT:-75}; EVAL_SHIPPED=${EVAL_SHIPPED:-0}
 KF=checkpoints/shapes-tiny/keyframe; IN=checkpoints/shapes-tiny/interpolate; S8=runs/shards-steady8k
 IMAGE_LIMIT=${IMAGE_LIMIT:-160}; IMAGE_STEPS=${IMAGE_STEPS:-2000}; IMAGE_BATCH=${IMAGE_BATCH:-512}
-IMAGES=${IMAGES-"img-a:$S8:train.lr=2e-3,train.warmup_steps=200 img-b:$S8:train.micro_batch=256
+IMAGES=${IMAGES-"img-a:$S8:train.lr=2e-3,train.warmup_steps=200
 img-c:$S8:train.lr=2e-3,train.warmup_steps=200,model.dropout=0.1"}
-LIMIT=${LIMIT:-220}; STEPS=${STEPS:-2500}; BATCH=${BATCH:-256}
-RUNS=${RUNS:-"kf-new:keyframe:$S8:- in-new:interpolate:$S8:-:train.steps=2000"}
-EVALS=${EVALS:-"new:kf-new:in-new"}
+LIMIT=${LIMIT:-320}; STEPS=${STEPS:-4000}; BATCH=${BATCH:-128}
+RUNS=${RUNS:-"kf-lean:keyframe:$S8:-:spatial_share_init=0.25 kf-even:keyframe:$S8:-
+in-lean:interpolate:$S8:-:spatial_share_init=0.25"}
+EVALS=${EVALS:-"lean:kf-lean:in-lean even:kf-even:in-lean"}
 REPORT=$OUT/report.txt
 PY=${PY:-python3}  # a local smoke test: PY=.venv/bin/python SKIP_INSTALL=1 LIMIT=60 STEPS=4 BATCH=4 OUT=/tmp/o bash ...
 [ -n "${SKIP_INSTALL:-}" ] || $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ${WHEELS:-.gpu/whl-train}/*.whl || exit 1

@@ -144,6 +144,11 @@ class RunConfig:
     # start fresh instead; every other tensor is loaded and must match in shape. This warm-starts the encoder and
     # decoder trunk under a new codebook, even one of another `code_dim`.
     init_fresh: tuple[str, ...] = ()
+    # video stages started afresh: each layer's per-dimension mix starts at this share for the frozen spatial channel
+    # (sigmoid of the mixing vector; the temporal channel gets the rest). A strong image stage explains much of a
+    # frame alone, and a fresh stage that starts at an even mix keeps leaning on it (BENCHMARKS.md, third GPU
+    # session): a lower share starts it on its temporal channel, which carries the motion.
+    spatial_share_init: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -226,6 +231,14 @@ def _cross_field_problems(config: RunConfig) -> list[str]:
         out.append(f"learn_first_frame: only the keyframe stage generates frame 0, not the {config.stage} stage")
     if config.init_from and config.stage == "image":
         out.append("init_from: the image stage always starts afresh (the video stages are trained on its weights)")
+    if config.spatial_share_init != 0.5:
+        if config.stage not in VIDEO_STAGES:
+            out.append(f"spatial_share_init: only the video stages mix a spatial and a temporal channel, not the "
+                       f"{config.stage} stage")
+        elif config.init_from:
+            out.append("spatial_share_init: a warm start (init_from) keeps the mix it was trained with")
+    if not 0 < config.spatial_share_init < 1:
+        out.append(f"spatial_share_init={config.spatial_share_init!r}: expected a share strictly between 0 and 1")
     if config.init_fresh and (config.stage != "tokenizer" or not config.init_from):
         out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
                    "fresh")

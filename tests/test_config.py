@@ -85,3 +85,12 @@ def test_first_frame_and_warm_start_belong_to_the_video_stages():
     with pytest.raises(ConfigError, match="init_from: the image stage always starts afresh"):
         config_from_dict({"stage": "image", "run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"},
                           "init_from": "k"})
+    assert config_from_dict({"stage": "keyframe", "spatial_share_init": 0.25, **video}).spatial_share_init == 0.25
+    with pytest.raises(ConfigError, match="spatial_share_init: only the video stages mix a spatial and a temporal "
+                                          "channel, not the image stage"):
+        config_from_dict({"stage": "image", "run_dir": "r", "model": {"size": "tiny"}, "data": {"shards": "s"},
+                          "spatial_share_init": 0.25})
+    with pytest.raises(ConfigError, match=r"spatial_share_init: a warm start \(init_from\) keeps the mix"):
+        config_from_dict({"stage": "keyframe", "spatial_share_init": 0.25, "init_from": "k", **video})
+    with pytest.raises(ConfigError, match="spatial_share_init=1.5: expected a share strictly between 0 and 1"):
+        config_from_dict({"stage": "interpolate", "spatial_share_init": 1.5, **video})

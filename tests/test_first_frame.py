@@ -78,6 +78,12 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
     fresh = GeneratorTask(load_config(CONFIGS / "keyframe_tiny.yaml", stage_sets("keyframe", inputs, image_run)
                                       + [f"run_dir={tmp_path / 'fresh'}"])).model.temporal_state_dict()
     assert any(not torch.equal(saved[k], fresh[k]) for k in saved)  # training moved them: the load is not a no-op
+    assert all(torch.equal(fresh[k], torch.zeros_like(fresh[k])) for k in fresh if k.endswith("mixing"))
+    leaning = GeneratorTask(load_config(CONFIGS / "keyframe_tiny.yaml", stage_sets("keyframe", inputs, image_run)
+                                        + [f"run_dir={tmp_path / 'leaning'}", "spatial_share_init=0.25"]))
+    mixing = [v for k, v in leaning.model.temporal_state_dict().items() if k.endswith("mixing")]
+    assert len(mixing) == leaning.model.config.depth
+    assert all(torch.allclose(torch.sigmoid(v), torch.full_like(v, 0.25)) for v in mixing)
 
     with pytest.raises(CheckpointMismatch, match="stage is 'keyframe', expected 'interpolate'"):
         task_from(export, stage="interpolate")

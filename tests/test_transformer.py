@@ -84,6 +84,29 @@ def test_mixing_starts_at_half_and_temporal_channel_is_a_copy_of_spatial():
     assert not model.frame_embedding.any()
 
 
+def test_spatial_share_mixes_the_two_channels_in_that_proportion():
+    model = make_model()
+    with torch.no_grad():  # a temporal channel unlike the spatial one, so that the two outputs differ
+        model.blocks[0].attention.temporal_qkv.weight.mul_(-0.5)
+    captured = []
+    model.blocks[0].attention.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    tokens = make_tokens(LAYOUT)
+    for mixing in (1e4, -1e4):  # the spatial channel alone, then the temporal one alone
+        set_mixing(model, mixing)
+        with torch.no_grad():
+            model(tokens, TEXT_PAD, "keyframe")
+    model.set_spatial_share(0.25)
+    assert all(torch.allclose(torch.sigmoid(block.attention.mixing), torch.full((CONFIG.dim,), 0.25, dtype=torch.float64))
+               for block in model.blocks)
+    with torch.no_grad():
+        model(tokens, TEXT_PAD, "keyframe")
+    spatial, temporal, mixed = captured  # the first layer's attention output: its input is the same in all three
+    assert not torch.allclose(spatial, temporal)
+    torch.testing.assert_close(mixed, 0.25 * spatial + 0.75 * temporal, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="spatial share 1.0: expected a number strictly between 0 and 1"):
+        model.set_spatial_share(1.0)
+
+
 def test_fresh_keyframe_model_equals_image_model_on_frame_zero():
     model = make_model()
     video_tokens = make_tokens(LAYOUT)

@@ -16,6 +16,8 @@ sampling. Layout ideas: nanoGPT (model shape), DiT (section banners), CogVideo (
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,6 +104,14 @@ class Generator(nn.Module):
         image-stage weights into a fresh video-stage model)."""
         for block in self.blocks:
             block.attention.copy_spatial_to_temporal()
+
+    def set_spatial_share(self, share: float) -> None:
+        """Every layer's mix gives the spatial channel `share` (0 < share < 1) in each dimension, the temporal the rest."""
+        if not 0 < share < 1:
+            raise ValueError(f"spatial share {share!r}: expected a number strictly between 0 and 1")
+        with torch.no_grad():
+            for block in self.blocks:
+                block.attention.mixing.fill_(math.log(share / (1 - share)))  # the logit: sigmoid(mixing) = share
 
     # ---------------------------------------------------------------- forward
     def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: str,

@@ -106,6 +106,7 @@ class GeneratorTask:
                                      f"text length {self.layout.text_length} and grid {self.layout.grid}")
         model.layout = self.layout
         model.initialise_temporal_from_spatial()
+        model.set_spatial_share(self.config.spatial_share_init)
         if self.config.init_from:
             self._warm_start(model, Path(self.config.init_from))
         model.freeze_spatial()

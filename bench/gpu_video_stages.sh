@@ -14,7 +14,9 @@
 # The defaults are the next experiment (BENCHMARKS.md, third GPU session): two image-stage runs on 8,000-sample
 # steady shards of all 2,000 built-in clips (the ones that drew squares best there), then key-frame stages from
 # scratch that start leaning on their temporal channel (spatial_share_init 0.25) and, as the control, at the even
-# mix, and an interpolation stage leaning the same way. The calls of 2026-11-26 were, in order,
+# mix, and an interpolation stage leaning the same way. The calls of 2026-11-26 were, in order, as below (the
+# first one's checker then ran with one seed, without top-k, on bundles without a sampling.json, the shipped one
+# beside: its figures are BENCHMARKS.md's second GPU session; the training commands are as given)
 #   BENCH=1 IMAGES= STEPS=3000 BATCH=128 LIMIT=310 RUNS="kf-plain:keyframe:runs/shards-tiny8k:$KF
 #     kf-steady:keyframe:$S8:$KF kf-steady-scratch:keyframe:$S8:- in-plain:interpolate:runs/shards-tiny8k:$IN
 #     in-steady:interpolate:$S8:$IN" EVALS="plain:kf-plain:in-plain steady:kf-steady:in-steady

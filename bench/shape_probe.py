@@ -7,8 +7,9 @@ For every caption of the built-in grammar (56 per shape) and seed, frame 0 is dr
 - the image model (the frozen spatial channel every video stage builds on), and
 - the key-frame model, where the bundle's key-frame stage was trained with `learn_first_frame`;
 with `--image DIR`, the image model is that export instead (it must fit the bundle's frame tokenizer, text model and
-layout; the key-frame model is then left out, as it was trained on other image weights). Each decoded frame goes through the analytic checker (`checker.check_frames`), and the share whose shape is the
-captioned one is reported per shape. The tokenizer's own share (true clips encoded and decoded) is
+layout; the key-frame model is then left out, as it was trained on other image weights). Each decoded frame goes
+through the analytic checker (`checker.check_frames`), and the share whose shape is the captioned one is reported
+per shape. The tokenizer's own share (true clips encoded and decoded) is
 `python -m cogvideo_lite.evaluate shapes --reference DATASET --round-trip`.
 """
 

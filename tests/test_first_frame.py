@@ -1,6 +1,7 @@
 """The key-frame stage with `learn_first_frame` and `init_from`: the loss covers frame 0 (against a per-position
 cross-entropy written out by hand), a warm start loads exactly the export's temporal weights, the export records
-the mark and its shards' steady margin, and a warm start from another stage or other image weights is refused naming both values."""
+the mark and its shards' steady margin, and a warm start from another stage or other image weights is refused naming
+both values."""
 
 from __future__ import annotations
 

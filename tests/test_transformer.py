@@ -96,8 +96,8 @@ def test_spatial_share_mixes_the_two_channels_in_that_proportion():
         with torch.no_grad():
             model(tokens, TEXT_PAD, "keyframe")
     model.set_spatial_share(0.25)
-    assert all(torch.allclose(torch.sigmoid(block.attention.mixing), torch.full((CONFIG.dim,), 0.25, dtype=torch.float64))
-               for block in model.blocks)
+    quarter = torch.full((CONFIG.dim,), 0.25, dtype=torch.float64)
+    assert all(torch.allclose(torch.sigmoid(block.attention.mixing), quarter) for block in model.blocks)
     with torch.no_grad():
         model(tokens, TEXT_PAD, "keyframe")
     spatial, temporal, mixed = captured  # the first layer's attention output: its input is the same in all three

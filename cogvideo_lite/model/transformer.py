@@ -106,7 +106,8 @@ class Generator(nn.Module):
             block.attention.copy_spatial_to_temporal()
 
     def set_spatial_share(self, share: float) -> None:
-        """Every layer's mix gives the spatial channel `share` (0 < share < 1) in each dimension, the temporal the rest."""
+        """Every layer's mix gives the spatial channel `share` (0 < share < 1) in each dimension, the temporal
+        channel the rest."""
         if not 0 < share < 1:
             raise ValueError(f"spatial share {share!r}: expected a number strictly between 0 and 1")
         with torch.no_grad():

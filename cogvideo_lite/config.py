@@ -140,6 +140,10 @@ class RunConfig:
     # fine-tuning: the tokenizer stage starts from this exported tokenizer (same config), a video stage its temporal
     # weights from this export of the same stage on the same image weights
     init_from: str = ""
+    # video stage with init_from: the export may have been trained on other image weights of the same architecture,
+    # text model and frame tokenizer. Its temporal channel and mix carry over onto this run's frozen image weights
+    # and retrain there: a new, stronger image stage without losing what the old temporal channel learned.
+    init_from_other_image: bool = False
     # tokenizer stage with init_from: modules (state-dict name prefixes, e.g. `quantizer`, `decoder.conv_in`) that
     # start fresh instead; every other tensor is loaded and must match in shape. This warm-starts the encoder and
     # decoder trunk under a new codebook, even one of another `code_dim`.
@@ -239,6 +243,8 @@ def _cross_field_problems(config: RunConfig) -> list[str]:
             out.append("spatial_share_init: a warm start (init_from) keeps the mix it was trained with")
     if not 0 < config.spatial_share_init < 1:
         out.append(f"spatial_share_init={config.spatial_share_init!r}: expected a share strictly between 0 and 1")
+    if config.init_from_other_image and (config.stage not in VIDEO_STAGES or not config.init_from):
+        out.append("init_from_other_image: lets a video-stage warm start (init_from) come from other image weights")
     if config.init_fresh and (config.stage != "tokenizer" or not config.init_from):
         out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
                    "fresh")

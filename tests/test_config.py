@@ -94,3 +94,10 @@ def test_first_frame_and_warm_start_belong_to_the_video_stages():
         config_from_dict({"stage": "keyframe", "spatial_share_init": 0.25, "init_from": "k", **video})
     with pytest.raises(ConfigError, match="spatial_share_init=1.5: expected a share strictly between 0 and 1"):
         config_from_dict({"stage": "interpolate", "spatial_share_init": 1.5, **video})
+    assert config_from_dict({"stage": "keyframe", "init_from": "k", "init_from_other_image": True,
+                             **video}).init_from_other_image
+    for stage, extra in (("keyframe", {}), ("image", {"init_from": "k"})):
+        with pytest.raises(ConfigError, match="init_from_other_image: lets a video-stage warm start"):
+            config_from_dict({"stage": stage, "init_from_other_image": True, **extra,
+                              **(video if stage == "keyframe" else {"run_dir": "r", "model": {"size": "tiny"},
+                                                       "data": {"shards": "s"}})})

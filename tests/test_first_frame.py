@@ -1,7 +1,8 @@
 """The key-frame stage with `learn_first_frame` and `init_from`: the loss covers frame 0 (against a per-position
 cross-entropy written out by hand), a warm start loads exactly the export's temporal weights, the export records
 the mark and its shards' steady margin, and a warm start from another stage or other image weights is refused naming
-both values."""
+both values; with `init_from_other_image` the temporal weights move onto other image weights of the same architecture
+and text model."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bench.reliability import build_toy_inputs, stage_sets
 from cogvideo_lite.config import load_config
-from cogvideo_lite.generator_io import TEMPORAL_WEIGHTS, CheckpointMismatch
+from cogvideo_lite.generator_io import FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.masks import stage_plan
@@ -95,3 +96,27 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
     with pytest.raises(CheckpointMismatch, match="was trained on image weights sha256 0{64}, but .* has sha256 "
                                                  "[0-9a-f]{64}"):
         task_from(other)
+
+    # init_from_other_image: the same export onto other image weights of the same architecture, text and tokenizer
+    moved = tmp_path / "image-moved"
+    shutil.copytree(image_run / "model", moved / "model")
+    moved_weights = {name: value + 0.01 for name, value in load_file(str(moved / "model" / FULL_WEIGHTS)).items()}
+    save_file(moved_weights, str(moved / "model" / FULL_WEIGHTS))
+
+    def rebased(init_from, *extra):
+        sets = stage_sets("keyframe", inputs, moved) + [f"run_dir={tmp_path / 'rebased'}", f"init_from={init_from}"]
+        return GeneratorTask(load_config(CONFIGS / "keyframe_tiny.yaml", sets + list(extra)))
+
+    with pytest.raises(CheckpointMismatch, match="was trained on image weights sha256"):
+        rebased(export)
+    model = rebased(export, "init_from_other_image=true").model
+    loaded = model.temporal_state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    spatial = {k: v for k, v in model.state_dict().items() if k not in loaded}
+    assert spatial.keys() == moved_weights.keys() - loaded.keys()  # every other tensor is the new image export's
+    assert all(torch.equal(spatial[k], moved_weights[k]) for k in spatial)
+    for key, value, named in (("model", {**spec["model"], "dim": 2 * spec["model"]["dim"]}, "architecture"),
+                              ("text", {**spec["text"], "model_sha256": "0" * 64}, "text model sha256")):
+        (other / "generator.json").write_text(json.dumps({**spec, key: value}))
+        with pytest.raises(CheckpointMismatch, match=f"{named} is .*, expected"):
+            rebased(other, "init_from_other_image=true")

@@ -7,7 +7,8 @@
   `learn_first_frame` the loss covers frame 0 too: the key-frame model then samples the whole key-frame
   sequence, with a first frame drawn from where clips of that caption and rate start (the image stage sees
   every frame of a clip, so its frame 0 can sit where the captioned motion has no room to happen).
-- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights.
+- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights, or,
+  with `init_from_other_image`, on other image weights of the same architecture, text model and frame tokenizer.
 - interpolate: clips at the rates that are twice another rate of the set (the output rate of one interpolation
   round); slots hold true frames [0, 2, 4, 1, 3]; the loss covers frames 1 and 3.
 Caption dropout replaces a share of the captions by an empty one, for classifier-free guidance at sampling time.
@@ -66,6 +67,12 @@ class GeneratorObjective(nn.Module):
         return StepOutput(loss=loss, metrics={"loss": loss.item(), "accuracy": accuracy})
 
 
+def architecture(model: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a model config that shape its weights (dropout and checkpointing only change training)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in model.items()
+            if k not in ("dropout", "activation_checkpointing")}
+
+
 class GeneratorTask:
     progress_keys = ("loss", "accuracy")
 
@@ -113,14 +120,22 @@ class GeneratorTask:
         return model.train()
 
     def _warm_start(self, model: Generator, directory: Path) -> None:
-        """Temporal weights from an earlier export of this stage, trained on the same frozen image weights."""
+        """Temporal weights from an earlier export of this stage, trained on the same frozen image weights (or, with
+        `init_from_other_image`, on others of the same architecture, text model and frame tokenizer)."""
         spec = read_spec(directory)
         where = f"init_from {directory}"
         require_same("stage", self.stage, spec["stage"], where)
-        require_image_export(spec, self.image_dir, where)
+        if self.config.init_from_other_image:
+            require_same("architecture", architecture(asdict(self.config.model)), architecture(spec["model"]), where)
+            require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
+            require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
+                         spec["frame_tokenizer"]["weights_sha256"], where)
+        else:
+            require_image_export(spec, self.image_dir, where)
         require_same("grid", list(self.layout.grid), list(spec["layout"]["grid"]), where)
         model.load_temporal_state_dict(read_weights(directory / TEMPORAL_WEIGHTS))
-        logger.info("%s stage: temporal weights start from %s", self.stage, directory)
+        logger.info("%s stage: temporal weights start from %s%s", self.stage, directory,
+                    " (trained on other image weights)" if self.config.init_from_other_image else "")
 
     def _sample_indices(self, shard_frames: int) -> list[int]:
         if self.stage == "image":

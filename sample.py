@@ -77,6 +77,7 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sa
          f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k"),
         (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]; try --top-p 0.9, or 1 to turn it off"),
         (args.cfg >= 0, f"--cfg {args.cfg}: the guidance scale must be >= 0; 1 means no guidance, try --cfg 3"),
+        (args.expert_weight >= 0, f"--expert-weight {args.expert_weight}: must be >= 0; 0 turns the expert off"),
         (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
         (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
         (args.seed >= 0, f"--seed {args.seed}: must be >= 0"),
@@ -87,7 +88,7 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sa
         if not ok:
             parser.error(message)
     return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         guidance_scale=args.cfg)
+                         guidance_scale=args.cfg, expert_weight=args.expert_weight)
 
 
 def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:

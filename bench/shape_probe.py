@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from bench.common import write_json
-from cogvideo_lite.bundle import resolve_parts
+from cogvideo_lite.bundle import check_image_fits, resolve_parts
 from cogvideo_lite.checker import check_frames
 from cogvideo_lite.data.shapes import SHAPES, all_captions
-from cogvideo_lite.generator_io import CheckpointMismatch, load_image_model, read_spec
+from cogvideo_lite.generator_io import SPEC_FILE, load_image_model, read_spec
 from cogvideo_lite.model.generate import generate_image, generate_keyframes
 from cogvideo_lite.model.sampling import SamplingKnobs
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts
@@ -64,12 +64,7 @@ def shape_shares(frames: np.ndarray, captions: list[str]) -> dict[str, float]:
 def swap_image_model(pipeline: Pipeline, directory: Path) -> None:
     """Put the image export at `directory` in place of the bundle's; CheckpointMismatch names a contract it breaks."""
     bundle_image = resolve_parts(pipeline.directory)["image"]
-    ours = read_spec(bundle_image)
-    theirs = read_spec(directory)
-    for key in ("text", "frame_tokenizer", "layout", "rates"):
-        if theirs.get(key) != ours.get(key):
-            raise CheckpointMismatch(f"{directory}: its {key!r} differs from the bundle's image export "
-                                     f"({bundle_image}): {theirs.get(key)!r} vs {ours.get(key)!r}")
+    check_image_fits(directory, read_spec(bundle_image), str(bundle_image / SPEC_FILE), "probed in its place")
     pipeline.image, _ = load_image_model(directory, pipeline.device)
 
 

@@ -1,7 +1,10 @@
 """Sampling bundles: one directory holding, or pointing to, everything `sample.py` needs.
 
 A bundle has five parts: `tokenizer/` (frame tokenizer export: config.json + model.safetensors), `text/`
-(text.model + text.json), and the generator stage exports `image/`, `keyframe/`, `interpolate/`. They are either
+(text.model + text.json), and the generator stage exports `image/`, `keyframe/`, `interpolate/`; optionally a sixth,
+`expert/`: another image export of the same text model, frame tokenizer and layout (e.g. an image stage trained
+longer than the one the video stages were trained on) that joins frame 0 and the key frames at sampling time with
+`--expert-weight` (`model/generate.py`). They are either
 real subdirectories, or named by a `bundle.json` that maps the five names to paths (relative paths are resolved
 against the bundle directory), so a bundle can point at the `model/` exports of training runs without copying them.
 
@@ -48,6 +51,7 @@ from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
 from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config
 
 PART_NAMES = ("tokenizer", "text", "image", "keyframe", "interpolate")
+OPTIONAL_PARTS = ("expert",)  # an image export that may join frame 0 and the key frames (`--expert-weight`)
 VIDEO_STAGES = ("keyframe", "interpolate")
 BUNDLE_MAP_FILE = "bundle.json"
 SAMPLING_FILE = "sampling.json"  # optional: the bundle's recommended sampling knobs
@@ -56,7 +60,7 @@ LOGS_DIR = "logs"
 RUN_LOG_FILES = ("metrics.jsonl", "config.yaml")  # what a run directory keeps beside its `model/` export
 CONTRACT_KEYS = ("text", "frame_tokenizer", "rates")  # what every stage spec records about its inputs
 WEIGHT_FILES = {"tokenizer": WEIGHTS_FILE, "text": None, "image": FULL_WEIGHTS, "keyframe": TEMPORAL_WEIGHTS,
-                "interpolate": TEMPORAL_WEIGHTS}
+                "interpolate": TEMPORAL_WEIGHTS, "expert": FULL_WEIGHTS}
 
 
 class BundleError(ValueError):
@@ -101,7 +105,8 @@ def parse_recommendations(items: list[str]) -> dict[str, float | int | None]:
 
 
 def resolve_parts(directory: str | Path) -> dict[str, Path]:
-    """The five part directories of a bundle: from bundle.json if present, else the subdirectories."""
+    """The five part directories of a bundle (and `expert` where it has one): from bundle.json if present, else the
+    subdirectories."""
     directory = Path(directory)
     if not directory.is_dir():
         raise BundleError(f"bundle directory {directory} does not exist (expected a directory with "
@@ -111,6 +116,7 @@ def resolve_parts(directory: str | Path) -> dict[str, Path]:
         parts = _read_bundle_map(map_path)
     else:
         parts = {name: directory / name for name in PART_NAMES}
+        parts.update({name: directory / name for name in OPTIONAL_PARTS if (directory / name).is_dir()})
     for name, path in parts.items():
         if not path.is_dir():
             raise BundleError(f"bundle {directory}: part '{name}' is missing: {path} is not a directory")
@@ -122,10 +128,12 @@ def _read_bundle_map(map_path: Path) -> dict[str, Path]:
         mapping = json.loads(map_path.read_text())
     except json.JSONDecodeError as error:
         raise BundleError(f"{map_path}: not valid JSON ({error})") from None
-    if not isinstance(mapping, dict) or set(mapping) != set(PART_NAMES):
+    if (not isinstance(mapping, dict) or not set(PART_NAMES) <= set(mapping)
+            or not set(mapping) <= set(PART_NAMES + OPTIONAL_PARTS)):
         found = sorted(mapping) if isinstance(mapping, dict) else type(mapping).__name__
-        raise BundleError(f"{map_path}: expected an object with exactly the keys {list(PART_NAMES)}, got {found}")
-    return {name: (map_path.parent / str(mapping[name])).resolve() for name in PART_NAMES}
+        raise BundleError(f"{map_path}: expected an object with the keys {list(PART_NAMES)} (and optionally "
+                          f"{list(OPTIONAL_PARTS)}), got {found}")
+    return {name: (map_path.parent / str(path)).resolve() for name, path in mapping.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,7 +192,24 @@ def check_contracts(parts: dict[str, Path]) -> dict[str, dict[str, Any]]:
             if spec[key] != image[key]:
                 raise _mismatch(where, key, spec[key], image[key], image_where)
     _check_frame_counts(specs, parts)
+    if "expert" in parts:
+        specs["expert"] = check_image_fits(parts["expert"], image, image_where, "the expert")
     return specs
+
+
+def check_image_fits(directory: Path, image: dict[str, Any], image_where: str, role: str) -> dict[str, Any]:
+    """Another image export (`role`: the bundle's expert, or one probed in its place) must have the same text model,
+    frame tokenizer, rates and layout as the bundle's image export `image` (its weights and model size may differ).
+    Returns its spec."""
+    spec, where = read_spec(directory), str(directory / SPEC_FILE)
+    if spec.get("stage") != "image":
+        raise CheckpointMismatch(f"{directory}: a {spec.get('stage')!r} export where an image export ({role}) "
+                                 "was expected")
+    _require_file(directory / FULL_WEIGHTS, role)
+    for key in CONTRACT_KEYS + ("layout",):
+        if spec.get(key) != image[key]:
+            raise _mismatch(where, key, spec.get(key), image[key], image_where)
+    return spec
 
 
 def _check_layout(spec: dict[str, Any], where: str, text_spec: dict[str, Any], codebook_size: int,
@@ -236,11 +261,11 @@ def _rewrite_checksums(root: Path) -> None:
     """Make the copies' recorded checksums describe the stored bytes (after a bf16 conversion)."""
     tokenizer_sha256 = sha256_file(root / "tokenizer" / WEIGHTS_FILE)
     image_sha256 = sha256_file(root / "image" / FULL_WEIGHTS)
-    for name in ("image",) + VIDEO_STAGES:
+    for name in ("image",) + VIDEO_STAGES + tuple(name for name in OPTIONAL_PARTS if (root / name).is_dir()):
         spec_path = root / name / SPEC_FILE
         spec = json.loads(spec_path.read_text())
         spec["frame_tokenizer"]["weights_sha256"] = tokenizer_sha256
-        if name != "image":
+        if name in VIDEO_STAGES:
             spec["image_weights_sha256"] = image_sha256
         spec_path.write_text(json.dumps(spec, indent=2))
 
@@ -261,7 +286,8 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
     out = Path(out).resolve()
     if out.exists():
         raise BundleError(f"--out {out} already exists; choose a new directory or remove it")
-    sources = {name: Path(sources[name]).resolve() for name in PART_NAMES}
+    sources = {name: Path(sources[name]).resolve() for name in PART_NAMES + tuple(
+        name for name in OPTIONAL_PARTS if sources.get(name))}
     for name, path in sources.items():
         if not path.is_dir():
             raise BundleError(f"part '{name}' is missing: {path} is not a directory")
@@ -286,7 +312,7 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
     (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
     if recommended_knobs:
         (tmp / SAMPLING_FILE).write_text(json.dumps(recommended_knobs, indent=2) + "\n")
-    check_contracts({name: tmp / name for name in PART_NAMES})
+    check_contracts({name: tmp / name for name in sources})
     os.replace(tmp, out)
     return out
 
@@ -304,13 +330,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, required=True, help="new bundle directory (must not exist)")
     for name in PART_NAMES:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} export directory")
+    parser.add_argument("--expert", type=Path, help="optional: an image export (same text model, frame tokenizer and "
+                        "layout) that joins frame 0 and the key frames at sampling time (--expert-weight)")
     parser.add_argument("--bf16", action="store_true", help="store weights as bfloat16 (half the size)")
     parser.add_argument("--recommend", action="append", default=[], metavar="KNOB=VALUE",
-                        help="a recommended sampling knob (temperature, top_k, interp_top_k, top_p, cfg) written "
+                        help="a recommended sampling knob (temperature, top_k, interp_top_k, top_p, cfg, "
+                             "expert_weight) written "
                              "to sampling.json; repeatable")
     args = parser.parse_args(argv)
     try:
-        out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES}, bf16=args.bf16,
+        out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES + OPTIONAL_PARTS},
+                          bf16=args.bf16,
                           recommended_knobs=parse_recommendations(args.recommend))
     except (BundleError, CheckpointMismatch, FileNotFoundError) as error:
         parser.error(str(error))

@@ -297,7 +297,7 @@ def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
         parser.error(f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k")
     try:
         return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             guidance_scale=args.cfg)
+                             guidance_scale=args.cfg, expert_weight=args.expert_weight)
     except ValueError as error:
         parser.error(str(error))
 

@@ -60,6 +60,8 @@ class Pipeline:
     steady_margins: dict[str, float] = field(default_factory=dict)
     # the bundle's recommended sampling knobs (its optional sampling.json): defaults for sample.py and evaluate
     recommended_knobs: dict[str, float | int | None] = field(default_factory=dict)
+    # the bundle's optional image expert (`expert/`): joins frame 0 and the key frames when knobs.expert_weight > 0
+    expert: Generator | None = None
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
@@ -70,13 +72,14 @@ class Pipeline:
         image, _ = load_image_model(parts["image"], device)
         keyframe, keyframe_spec = load_stage(parts["keyframe"], image_dir=parts["image"], device=device)
         interpolation, interpolate_spec = load_stage(parts["interpolate"], image_dir=parts["image"], device=device)
+        expert = load_image_model(parts["expert"], device)[0] if "expert" in parts else None
         return cls(directory=directory, tokenizer=load_tokenizer(parts["tokenizer"], device),
                    text=TextTokenizer.load(parts["text"]), image=image, keyframe=keyframe,
                    interpolate=interpolation, rates=tuple(specs["image"]["rates"]), device=device,
                    keyframe_makes_first_frame=bool(keyframe_spec.get("learns_first_frame", False)),
                    steady_margins={"keyframe": float(keyframe_spec.get("steady_margin", 0.0)),
                                    "interpolate": float(interpolate_spec.get("steady_margin", 0.0))},
-                   recommended_knobs=read_recommended_knobs(directory))
+                   recommended_knobs=read_recommended_knobs(directory), expert=expert)
 
     @property
     def num_key_frames(self) -> int:
@@ -179,6 +182,9 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
         if not isinstance(value, SamplingKnobs):
             raise ValueError(f"{name}: expected SamplingKnobs, got {type(value).__name__}")
     check_rate_and_rounds(pipeline.rates, key_rate, rounds)
+    if knobs.expert_weight > 0 and pipeline.expert is None:
+        raise ValueError(f"expert_weight={knobs.expert_weight}: the bundle {pipeline.directory} has no image expert "
+                         "(an expert/ part); leave the weight at 0")
     for name, value, least in (("num_samples", num_samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         _check_integer(name, value, least)
     text_ids, text_pad = encode_prompts(pipeline, prompts)  # (P, L)
@@ -228,14 +234,14 @@ def _key_frames(pipeline: Pipeline, text_ids: torch.Tensor, text_pad: torch.Tens
     if given is None:
         bar.set_description(f"{label}: frame 0")
         given = generate_image(pipeline.image, text_ids, text_pad, fps_ids, boi_id, knobs,
-                               derive_seed(seed, batch_index, IMAGE_STEP), use_cache)  # (b, 1, h, w)
+                               derive_seed(seed, batch_index, IMAGE_STEP), use_cache, pipeline.expert)  # (b, 1, h, w)
         bar.update()
     if given.shape[1] == pipeline.num_key_frames:
         return given
     bar.set_description(f"{label}: key frames")
     keys = generate_keyframes(pipeline.keyframe, text_ids, text_pad, fps_ids, boi_id, given,
                               pipeline.num_key_frames, knobs, derive_seed(seed, batch_index, KEYFRAME_STEP),
-                              use_cache)  # (b, T, h, w)
+                              use_cache, pipeline.expert)  # (b, T, h, w)
     bar.update()
     return keys
 

@@ -74,7 +74,8 @@ def test_prompts_file_samples_and_knobs(bundle, tmp_path):
     assert len(set(names)) == 6 and names[4] == "a_red_circle_moves_left_slowly-2_0_0.mp4"
     assert all((out / name).is_file() for name in names)
     knobs = json.loads((out / "samples.json").read_text())["knobs"]
-    assert knobs == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0}
+    assert knobs == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0,
+                     "expert_weight": 0.0}
 
 
 def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bundle, tmp_path, capsys):
@@ -94,9 +95,10 @@ def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bu
         listing = json.loads((tmp_path / out / "samples.json").read_text())
         return listing["knobs"], listing["interpolation_knobs"]["top_k"]
 
-    assert knobs_of([], "a") == ({"temperature": 0.5, "top_k": 3, "top_p": 1.0, "guidance_scale": 1.0}, 1)
+    plain = {"top_p": 1.0, "guidance_scale": 1.0, "expert_weight": 0.0}
+    assert knobs_of([], "a") == ({"temperature": 0.5, "top_k": 3, **plain}, 1)
     assert knobs_of(["--top-k", "7", "--temperature", "1"], "b") == (
-        {"temperature": 1.0, "top_k": 7, "top_p": 1.0, "guidance_scale": 1.0}, 1)  # given flags win
+        {"temperature": 1.0, "top_k": 7, **plain}, 1)  # given flags win
     run_sample(["--prompt", PROMPT, "--fps", "4", "--rounds", "1"], bundle, tmp_path / "c")  # no sampling.json
     assert json.loads((tmp_path / "c" / "samples.json").read_text())["knobs"]["top_k"] is None
     for content, message in (('{"top_kk": 3}', "unknown sampling knob(s) top_kk"),

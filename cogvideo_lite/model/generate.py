@@ -6,12 +6,19 @@ the slot before. With classifier-free guidance the unconditional pass (the same 
 masked as padding) rides in the same batch. Random numbers come from one torch.Generator seeded by `seed`,
 drawn in the same order with and without the KV cache, so both give identical codes.
 
+An image expert (`ImageExpert`: another text-to-image export of the same layout, e.g. one trained longer than the
+frozen spatial channel the video stages stand on) can join frame 0 and the key frames: each code is then drawn from
+p_model * p_expert**w (a product of experts; w = `knobs.expert_weight`), the expert seeing the text and the codes of
+the slot being filled, as the image stage does. The interpolation rounds run without it.
+
 Knows the generator's forward and the stage rules; does not know text tokenization or the frame tokenizer:
 callers pass text ids, pad mask, fps ids and the BOI id. The hierarchy (frame 0 -> key frames ->
 interpolation 5 -> 9 -> 17 -> 33) is CogVideo's (Hong et al. 2023, section 3.1).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -22,27 +29,56 @@ from cogvideo_lite.model.sampling import SamplingKnobs, guided_logits, sample_to
 from cogvideo_lite.model.transformer import Generator
 
 
+class ImageExpert:
+    """An image-stage model that scores the codes of one slot at a time: `begin` feeds the text, rate token and BOI
+    and returns its logits for the slot's first code; `advance` feeds one code and returns the logits for the next.
+    Its KV cache holds one slot and is started afresh for every slot."""
+
+    def __init__(self, model: Generator, layout: SequenceLayout) -> None:
+        if model.training:
+            raise ValueError("call expert.eval() before generating (dropout would make sampling differ)")
+        if (model.layout.text_length, model.layout.grid, model.layout.vocab_size) != (
+                layout.text_length, layout.grid, layout.vocab_size):
+            raise ValueError(f"image expert: its layout (text {model.layout.text_length}, grid {model.layout.grid}, "
+                             f"vocabulary {model.layout.vocab_size}) differs from the model's (text "
+                             f"{layout.text_length}, grid {layout.grid}, vocabulary {layout.vocab_size})")
+        self.model = model
+        self.cache: KVCache | None = None
+        self.text_pad: torch.Tensor | None = None
+
+    def begin(self, prefix: torch.Tensor, text_pad: torch.Tensor, boi: torch.Tensor) -> torch.Tensor:
+        """prefix (B, L + 1) text and rate ids, boi (B, 1) -> logits (B, V) of the slot's first code."""
+        self.cache, self.text_pad = self.model.new_cache(prefix.shape[0], 1, "image"), text_pad
+        return self.model(torch.cat([prefix, boi], dim=1), text_pad, "image", cache=self.cache)[:, -1]
+
+    def advance(self, token: torch.Tensor) -> torch.Tensor:
+        """token (B,) joint-vocabulary id of the code just drawn -> logits (B, V) of the next code."""
+        return self.model(token[:, None], self.text_pad, "image", cache=self.cache)[:, -1]
+
+
 def generate_image(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor, fps_ids: torch.Tensor,
-                   boi_id: int, knobs: SamplingKnobs, seed: int, use_cache: bool = True) -> torch.Tensor:
+                   boi_id: int, knobs: SamplingKnobs, seed: int, use_cache: bool = True,
+                   expert: Generator | None = None) -> torch.Tensor:
     """Frame 0 from text with the spatial channel alone. text_ids (B, L), text_pad (B, L) bool, fps_ids (B,).
     Returns codes (B, 1, h, w) int64."""
     height, width = model.layout.grid
     no_frames = torch.zeros(text_ids.shape[0], 0, height, width, dtype=torch.long, device=text_ids.device)
     return _generate(model, model.layout.with_frames(1), "image", text_ids, text_pad, fps_ids, boi_id,
-                     no_frames, knobs, seed, use_cache)
+                     no_frames, knobs, seed, use_cache, expert)
 
 
 def generate_keyframes(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor, fps_ids: torch.Tensor,
                        boi_id: int, first_frame_codes: torch.Tensor, num_frames: int, knobs: SamplingKnobs,
-                       seed: int, use_cache: bool = True) -> torch.Tensor:
+                       seed: int, use_cache: bool = True, expert: Generator | None = None) -> torch.Tensor:
     """Key frames after the given ones. first_frame_codes (B, k, h, w) with 0 <= k < num_frames (k = 0: frame 0 too,
-    for a model trained with `learn_first_frame`). Returns codes (B, num_frames, h, w); the first k are the given."""
+    for a model trained with `learn_first_frame`). Returns codes (B, num_frames, h, w); the first k are the given.
+    expert: an image-stage model joined with weight `knobs.expert_weight` (used only when that is > 0)."""
     given = first_frame_codes.shape[1]
     if not 0 <= given < num_frames:
         raise ValueError(f"generate_keyframes: {given} given frames for num_frames={num_frames}; "
                          "expected 0 <= given < num_frames")
     return _generate(model, model.layout.with_frames(num_frames), "keyframe", text_ids, text_pad, fps_ids,
-                     boi_id, first_frame_codes, knobs, seed, use_cache)
+                     boi_id, first_frame_codes, knobs, seed, use_cache, expert)
 
 
 def interpolate(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor, fps_ids: torch.Tensor,
@@ -54,6 +90,7 @@ def interpolate(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor
     one; triplets for W = 5) becomes true frames 0, 2, .., W - 1 and the frames between are generated.
     All groups of all samples form one batch. fps_ids is the frame rate of the result.
     """
+    knobs = replace(knobs, expert_weight=0.0)  # the image expert joins frame 0 and the key frames only
     window = len(stage_plan(model.layout, "interpolate").frame_positions)  # validates: odd, >= 3
     group = (window + 1) // 2
     batch, num_frames = frames.shape[:2]
@@ -76,10 +113,13 @@ def interpolate(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor
 @torch.no_grad()
 def _generate(model: Generator, layout: SequenceLayout, stage: str, text_ids: torch.Tensor,
               text_pad: torch.Tensor, fps_ids: torch.Tensor, boi_id: int, given: torch.Tensor,
-              knobs: SamplingKnobs, seed: int, use_cache: bool) -> torch.Tensor:
+              knobs: SamplingKnobs, seed: int, use_cache: bool, expert: Generator | None = None) -> torch.Tensor:
     """Fill the slots after the `given` ones (B, k, h, w). Returns codes (B, T, h, w)."""
     if model.training:
         raise ValueError("call model.eval() before generating (dropout would make sampling differ)")
+    if knobs.expert_weight > 0 and expert is None:
+        raise ValueError(f"expert_weight={knobs.expert_weight}: no image expert was given to join")
+    scorer = ImageExpert(expert, layout) if knobs.expert_weight > 0 else None
     batch, num_given = given.shape[:2]
     guided = knobs.guidance_scale != 1
     placeholder = torch.zeros(batch, 1, *layout.grid, dtype=torch.long, device=given.device)
@@ -94,11 +134,17 @@ def _generate(model: Generator, layout: SequenceLayout, stage: str, text_ids: to
     generator = torch.Generator(device=sequence.device).manual_seed(seed)
     num_new = sequence.shape[1]
     for slot in range(num_given, layout.num_frames):
+        if scorer is not None:
+            expert_logits = scorer.begin(known[:, :layout.prefix_length], text_pad[:batch], boi)
         for index in range(layout.tokens_per_frame):
             logits = _next_logits(model, layout, stage, sequence, num_new, text_pad, cache)  # (B or 2B, V)
             if guided:
                 logits = guided_logits(logits[:batch], logits[batch:], knobs.guidance_scale)
+            if scorer is not None:  # log p_model + w log p_expert, up to a constant per row
+                logits = logits.log_softmax(-1) + knobs.expert_weight * expert_logits.log_softmax(-1)
             code = sample_token(logits, knobs.temperature, knobs.top_k, knobs.top_p, generator)  # (B,)
+            if scorer is not None and index < layout.tokens_per_frame - 1:
+                expert_logits = scorer.advance(code + layout.image_offset)
             new = [code + layout.image_offset]
             if index == layout.tokens_per_frame - 1 and slot < layout.num_frames - 1:
                 new.append(boi[:, 0])  # the next slot begins

@@ -1,4 +1,5 @@
-"""Choosing the next code from logits: temperature, top-k, top-p (nucleus) and classifier-free guidance.
+"""Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance and the
+weight of an image expert (`generate.py` adds its log-probabilities to the key-frame logits).
 
 Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
 (2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
@@ -16,17 +17,21 @@ import torch
 @dataclass(frozen=True)
 class SamplingKnobs:
     """temperature > 0; top_k None (all codes) or >= 1; top_p in (0, 1]; guidance_scale >= 0
-    (1: plain conditional sampling, no unconditional pass; 0: unconditional)."""
+    (1: plain conditional sampling, no unconditional pass; 0: unconditional); expert_weight >= 0 (0: no expert;
+    w > 0: frame 0 and the key frames are drawn from p_model * p_expert**w, see `generate.ImageExpert`)."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float = 1.0
     guidance_scale: float = 1.0
+    expert_weight: float = 0.0
 
     def __post_init__(self) -> None:
         problems = check_knobs(self.temperature, self.top_k, self.top_p)
-        if not isinstance(self.guidance_scale, (int, float)) or not self.guidance_scale >= 0:
-            problems.append(f"guidance_scale={self.guidance_scale!r}: expected a number >= 0")
+        for name in ("guidance_scale", "expert_weight"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                problems.append(f"{name}={value!r}: expected a number >= 0")
         if problems:
             raise ValueError("invalid sampling knobs: " + "; ".join(problems))
 
@@ -79,7 +84,8 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
 
 # ---------------------------------------------------------------------------------------------------- command line
 # Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
-BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0}
+BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
+                 "expert_weight": 0.0}
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,6 +97,9 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
                         help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
     parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; 1 (the default) turns it off")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale >= 0; 1 (the default) = none")
+    parser.add_argument("--expert-weight", type=float,
+                        help="weight >= 0 of the bundle's image expert on frame 0 and the key frames (default 0: "
+                             "none; needs a bundle with an expert/ part)")
     parser.epilog = ((parser.epilog or "") + "\nSampling knobs left out take the bundle's recommended values "
                      "(its sampling.json), else the defaults above.").strip()
 
@@ -116,13 +125,16 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     if interp_top_k is not None and (not isinstance(interp_top_k, int) or isinstance(interp_top_k, bool)
                                      or interp_top_k < 1):
         problems.append(f"interp_top_k={interp_top_k!r}: expected null or an integer >= 1")
-    if not isinstance(knobs["cfg"], (int, float)) or isinstance(knobs["cfg"], bool) or not knobs["cfg"] >= 0:
-        problems.append(f"cfg={knobs['cfg']!r}: expected a number >= 0")
+    for name in ("cfg", "expert_weight"):
+        if not isinstance(knobs[name], (int, float)) or isinstance(knobs[name], bool) or not knobs[name] >= 0:
+            problems.append(f"{name}={knobs[name]!r}: expected a number >= 0")
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
     return dict(raw)
 
 
 def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None) -> SamplingKnobs:
-    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k when given."""
+    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k when given, and no image expert
+    (it joins frame 0 and the key frames only)."""
+    knobs = replace(knobs, expert_weight=0.0)
     return knobs if interp_top_k is None else replace(knobs, top_k=interp_top_k)

@@ -78,6 +78,8 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sa
         (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]; try --top-p 0.9, or 1 to turn it off"),
         (args.cfg >= 0, f"--cfg {args.cfg}: the guidance scale must be >= 0; 1 means no guidance, try --cfg 3"),
         (args.expert_weight >= 0, f"--expert-weight {args.expert_weight}: must be >= 0; 0 turns the expert off"),
+        (args.interp_expert_weight is None or args.interp_expert_weight >= 0,
+         f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use --expert-weight"),
         (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
         (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
         (args.seed >= 0, f"--seed {args.seed}: must be >= 0"),
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
                 args.num_samples, rate, rounds, rate * 2 ** rounds, device)
-    rounds_knobs = interpolation_knobs(knobs, args.interp_top_k)
+    rounds_knobs = interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)
     videos = generate_videos(pipeline, prompts, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
                              batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given,
                              interpolation_knobs=rounds_knobs)

@@ -3,18 +3,20 @@
 A bundle has five parts: `tokenizer/` (frame tokenizer export: config.json + model.safetensors), `text/`
 (text.model + text.json), and the generator stage exports `image/`, `keyframe/`, `interpolate/`; optionally a sixth,
 `expert/`: another image export of the same text model, frame tokenizer and layout (e.g. an image stage trained
-longer than the one the video stages were trained on) that joins frame 0 and the key frames at sampling time with
-`--expert-weight` (`model/generate.py`). They are either
-real subdirectories, or named by a `bundle.json` that maps the five names to paths (relative paths are resolved
-against the bundle directory), so a bundle can point at the `model/` exports of training runs without copying them.
+longer than the one the video stages were trained on) that joins the frame loops at sampling time with
+`--expert-weight` (`model/generate.py`). They are either real subdirectories, or named by a `bundle.json` that maps
+the five names (and `expert`) to paths (relative paths are resolved against the bundle directory), so a bundle can
+point at the `model/` exports of training runs without copying them.
 
-    python -m cogvideo_lite.bundle --out DIR --tokenizer P --text P --image P --keyframe P --interpolate P [--bf16]
+    python -m cogvideo_lite.bundle --out DIR --tokenizer P --text P --image P --keyframe P --interpolate P
+        [--expert P] [--bf16]
 
 copies the five parts into a self-contained DIR (built under `DIR.tmp`, then renamed), with the training runs'
 `metrics.jsonl` / `config.yaml` that sit beside an export (`runs/X/model` -> `runs/X/metrics.jsonl`) under
 `DIR/logs/<part>/`, and a `provenance.json` naming the sources. `--recommend top_k=20 --recommend interp_top_k=1`
 writes the bundle's recommended sampling knobs to `sampling.json` (optional; any of temperature, top_k,
-interp_top_k, top_p, cfg): `sample.py` and `evaluate` use them for the knobs their command line leaves out.
+interp_top_k, top_p, cfg, expert_weight, interp_expert_weight): `sample.py` and `evaluate` use them for the knobs
+their command line leaves out. `--expert P` adds the optional sixth part.
 
 Contracts (`check_contracts`, run by `Pipeline.load` and by the command above, before and after copying):
 the image export's recorded text-model sha256 equals the text model's; its recorded frame-tokenizer weights
@@ -331,11 +333,11 @@ def main(argv: list[str] | None = None) -> Path:
     for name in PART_NAMES:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} export directory")
     parser.add_argument("--expert", type=Path, help="optional: an image export (same text model, frame tokenizer and "
-                        "layout) that joins frame 0 and the key frames at sampling time (--expert-weight)")
+                        "layout) that joins the frame loops at sampling time (--expert-weight)")
     parser.add_argument("--bf16", action="store_true", help="store weights as bfloat16 (half the size)")
     parser.add_argument("--recommend", action="append", default=[], metavar="KNOB=VALUE",
                         help="a recommended sampling knob (temperature, top_k, interp_top_k, top_p, cfg, "
-                             "expert_weight) written "
+                             "expert_weight, interp_expert_weight) written "
                              "to sampling.json; repeatable")
     args = parser.parse_args(argv)
     try:

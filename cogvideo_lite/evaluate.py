@@ -295,6 +295,9 @@ def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
     fill_knob_defaults(args, {} if pipeline is None else pipeline.recommended_knobs)
     if args.interp_top_k is not None and args.interp_top_k < 1:
         parser.error(f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k")
+    if args.interp_expert_weight is not None and not args.interp_expert_weight >= 0:
+        parser.error(f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use "
+                     "--expert-weight")
     try:
         return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              guidance_scale=args.cfg, expert_weight=args.expert_weight)
@@ -329,7 +332,7 @@ def generate(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs, rate:
              args: argparse.Namespace) -> tuple[list, list | None]:
     """Videos at key rate r with `rounds` rounds and, where 2r is a configured rate, key frames at 2r."""
     common = dict(knobs=knobs, seed=args.seed, num_samples=args.seeds, batch_size=args.batch_size,
-                  interpolation_knobs=interpolation_knobs(knobs, args.interp_top_k))
+                  interpolation_knobs=interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight))
     videos = generate_videos(pipeline, prompts, key_rate=rate, rounds=rounds, **common)
     doubled = generate_videos(pipeline, prompts, key_rate=2 * rate, rounds=0, **common) \
         if 2 * rate in pipeline.rates else None

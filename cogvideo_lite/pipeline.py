@@ -60,7 +60,7 @@ class Pipeline:
     steady_margins: dict[str, float] = field(default_factory=dict)
     # the bundle's recommended sampling knobs (its optional sampling.json): defaults for sample.py and evaluate
     recommended_knobs: dict[str, float | int | None] = field(default_factory=dict)
-    # the bundle's optional image expert (`expert/`): joins frame 0 and the key frames when knobs.expert_weight > 0
+    # the bundle's optional image expert (`expert/`): joins the frame loops where knobs.expert_weight > 0
     expert: Generator | None = None
 
     @classmethod
@@ -182,9 +182,10 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
         if not isinstance(value, SamplingKnobs):
             raise ValueError(f"{name}: expected SamplingKnobs, got {type(value).__name__}")
     check_rate_and_rounds(pipeline.rates, key_rate, rounds)
-    if knobs.expert_weight > 0 and pipeline.expert is None:
-        raise ValueError(f"expert_weight={knobs.expert_weight}: the bundle {pipeline.directory} has no image expert "
-                         "(an expert/ part); leave the weight at 0")
+    for value in {knobs.expert_weight, interpolation_knobs.expert_weight} - {0}:
+        if pipeline.expert is None:
+            raise ValueError(f"expert_weight={value}: the bundle {pipeline.directory} has no image expert (an expert/ "
+                             "part); leave the weight at 0")
     for name, value, least in (("num_samples", num_samples, 1), ("batch_size", batch_size, 1), ("seed", seed, 0)):
         _check_integer(name, value, least)
     text_ids, text_pad = encode_prompts(pipeline, prompts)  # (P, L)
@@ -257,7 +258,7 @@ def _interpolation_rounds(pipeline: Pipeline, codes: torch.Tensor, text_ids: tor
             bar.set_description(f"{label}: interpolating to {rate} fps")
         fps_ids = torch.full((codes.shape[0],), pipeline.text.fps_id(rate), device=codes.device)
         codes = interpolate(pipeline.interpolate, text_ids, text_pad, fps_ids, pipeline.text.boi_id, codes, knobs,
-                            seeds[round_index], use_cache)  # (b, 2T - 1, h, w)
+                            seeds[round_index], use_cache, pipeline.expert)  # (b, 2T - 1, h, w)
         if bar is not None:
             bar.update()
     return codes

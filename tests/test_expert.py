@@ -1,7 +1,8 @@
-"""The image expert (a second text-to-image export joined at sampling time): key frames drawn from
+"""The image expert (a second text-to-image export joined at sampling time): frames drawn from
 log p_model + w log p_expert match a naive loop that runs both models on whole sequences without a cache; a huge
 weight gives the expert's own greedy image; weight 0 changes nothing; a bundle carries the expert as an optional
-part whose contracts are checked, and sampling refuses a weight without one."""
+part whose contracts are checked, the interpolation rounds take their own weight, and sampling refuses a weight
+without an expert."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, CheckpointMismat
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.generate import generate_image, generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.sampling import SamplingKnobs, interpolation_knobs
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.pipeline import Pipeline
 from tests.test_pipeline import generate
@@ -118,6 +119,11 @@ def test_a_bundle_carries_an_expert_and_checks_its_contracts(bundle, pipeline, t
     plain, joined = (generate(loaded, knobs=knobs, rounds=1) for knobs in (greedy, SamplingKnobs(top_k=1,
                                                                                                   expert_weight=3.0)))
     assert any(not torch.equal(a.codes, b.codes) for a, b in zip(plain, joined))
+    keys_only = generate(loaded, knobs=SamplingKnobs(top_k=1, expert_weight=3.0), rounds=1,
+                         interpolation_knobs=interpolation_knobs(greedy, None, 0.0))  # in-betweens without it
+    for a, b in zip(joined, keys_only):
+        assert torch.equal(a.codes[a.key_indices], b.codes[b.key_indices])
+    assert any(not torch.equal(a.codes, b.codes) for a, b in zip(joined, keys_only))
     same = generate(pipeline, knobs=greedy, rounds=1)  # the expert part alone changes nothing at weight 0
     assert all(torch.equal(a.codes, b.codes) for a, b in zip(plain, same))
     with pytest.raises(ValueError, match="has no image expert"):

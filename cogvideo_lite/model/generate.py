@@ -7,9 +7,9 @@ masked as padding) rides in the same batch. Random numbers come from one torch.G
 drawn in the same order with and without the KV cache, so both give identical codes.
 
 An image expert (`ImageExpert`: another text-to-image export of the same layout, e.g. one trained longer than the
-frozen spatial channel the video stages stand on) can join frame 0 and the key frames: each code is then drawn from
+frozen spatial channel the video stages stand on) can join every loop: each code is then drawn from
 p_model * p_expert**w (a product of experts; w = `knobs.expert_weight`), the expert seeing the text and the codes of
-the slot being filled, as the image stage does. The interpolation rounds run without it.
+the slot being filled, as the image stage does.
 
 Knows the generator's forward and the stage rules; does not know text tokenization or the frame tokenizer:
 callers pass text ids, pad mask, fps ids and the BOI id. The hierarchy (frame 0 -> key frames ->
@@ -17,8 +17,6 @@ interpolation 5 -> 9 -> 17 -> 33) is CogVideo's (Hong et al. 2023, section 3.1).
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import torch
 
@@ -83,14 +81,13 @@ def generate_keyframes(model: Generator, text_ids: torch.Tensor, text_pad: torch
 
 def interpolate(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor, fps_ids: torch.Tensor,
                 boi_id: int, frames: torch.Tensor, knobs: SamplingKnobs, seed: int,
-                use_cache: bool = True) -> torch.Tensor:
+                use_cache: bool = True, expert: Generator | None = None) -> torch.Tensor:
     """One interpolation round: frames (B, T, h, w) -> (B, 2T - 1, h, w), the given codes unchanged.
 
     The model's layout has W (odd) slots: each group of g = (W + 1) / 2 consecutive frames (overlapping by
     one; triplets for W = 5) becomes true frames 0, 2, .., W - 1 and the frames between are generated.
     All groups of all samples form one batch. fps_ids is the frame rate of the result.
     """
-    knobs = replace(knobs, expert_weight=0.0)  # the image expert joins frame 0 and the key frames only
     window = len(stage_plan(model.layout, "interpolate").frame_positions)  # validates: odd, >= 3
     group = (window + 1) // 2
     batch, num_frames = frames.shape[:2]
@@ -103,7 +100,7 @@ def interpolate(model: Generator, text_ids: torch.Tensor, text_pad: torch.Tensor
     groups = frames[:, indices].flatten(0, 1)  # (B*n, g, h, w)
     text_ids, text_pad, fps_ids = (part.repeat_interleave(num_groups, dim=0) for part in (text_ids, text_pad, fps_ids))
     slots = _generate(model, model.layout, "interpolate", text_ids, text_pad, fps_ids, boi_id, groups, knobs, seed,
-                      use_cache)  # (B*n, W, h, w) in slot order
+                      use_cache, expert)  # (B*n, W, h, w) in slot order
     in_time = torch.empty_like(slots)
     in_time[:, list(interpolation_positions(window))] = slots  # (B*n, W, h, w) in true frame order
     in_time = in_time.unflatten(0, (batch, num_groups))  # (B, n, W, h, w)

@@ -1,5 +1,5 @@
 """Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance and the
-weight of an image expert (`generate.py` adds its log-probabilities to the key-frame logits).
+weight of an image expert (`generate.py` adds its log-probabilities to the model's).
 
 Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
 (2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
@@ -18,7 +18,7 @@ import torch
 class SamplingKnobs:
     """temperature > 0; top_k None (all codes) or >= 1; top_p in (0, 1]; guidance_scale >= 0
     (1: plain conditional sampling, no unconditional pass; 0: unconditional); expert_weight >= 0 (0: no expert;
-    w > 0: frame 0 and the key frames are drawn from p_model * p_expert**w, see `generate.ImageExpert`)."""
+    w > 0: every generated frame is drawn from p_model * p_expert**w, see `generate.ImageExpert`)."""
 
     temperature: float = 1.0
     top_k: int | None = None
@@ -85,7 +85,7 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
 # ---------------------------------------------------------------------------------------------------- command line
 # Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
 BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
-                 "expert_weight": 0.0}
+                 "expert_weight": 0.0, "interp_expert_weight": None}
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,8 +98,10 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; 1 (the default) turns it off")
     parser.add_argument("--cfg", type=float, help="classifier-free guidance scale >= 0; 1 (the default) = none")
     parser.add_argument("--expert-weight", type=float,
-                        help="weight >= 0 of the bundle's image expert on frame 0 and the key frames (default 0: "
+                        help="weight >= 0 of the bundle's image expert (default 0: "
                              "none; needs a bundle with an expert/ part)")
+    parser.add_argument("--interp-expert-weight", type=float,
+                        help="the image expert's weight in the interpolation rounds (default: as --expert-weight)")
     parser.epilog = ((parser.epilog or "") + "\nSampling knobs left out take the bundle's recommended values "
                      "(its sampling.json), else the defaults above.").strip()
 
@@ -125,7 +127,9 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     if interp_top_k is not None and (not isinstance(interp_top_k, int) or isinstance(interp_top_k, bool)
                                      or interp_top_k < 1):
         problems.append(f"interp_top_k={interp_top_k!r}: expected null or an integer >= 1")
-    for name in ("cfg", "expert_weight"):
+    for name in ("cfg", "expert_weight", "interp_expert_weight"):
+        if name == "interp_expert_weight" and knobs[name] is None:
+            continue
         if not isinstance(knobs[name], (int, float)) or isinstance(knobs[name], bool) or not knobs[name] >= 0:
             problems.append(f"{name}={knobs[name]!r}: expected a number >= 0")
     if problems:
@@ -133,8 +137,10 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     return dict(raw)
 
 
-def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None) -> SamplingKnobs:
-    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k when given, and no image expert
-    (it joins frame 0 and the key frames only)."""
-    knobs = replace(knobs, expert_weight=0.0)
-    return knobs if interp_top_k is None else replace(knobs, top_k=interp_top_k)
+def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
+                        interp_expert_weight: float | None = None) -> SamplingKnobs:
+    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the
+    image expert's weight where given."""
+    if interp_top_k is not None:
+        knobs = replace(knobs, top_k=interp_top_k)
+    return knobs if interp_expert_weight is None else replace(knobs, expert_weight=interp_expert_weight)

@@ -30,7 +30,8 @@ from safetensors import SafetensorError
 
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
-from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs
+from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
+                                         missing_expert)
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import PromptTooLong
 
@@ -227,6 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pipeline = load_pipeline(parser, args.ckpt, device)
     fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
     knobs = check_knobs(parser, args)
+    if missing_expert(args, pipeline.expert is not None):
+        parser.error(missing_expert(args, pipeline.expert is not None))
     rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
     check_prompt_lengths(parser, pipeline, prompts)
     given = read_given_codes(parser, args, pipeline, rate)

@@ -52,7 +52,8 @@ from cogvideo_lite.data.captions import find_captions_file, load_entries
 from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_captions
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
-from cogvideo_lite.model.sampling import SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs
+from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
+                                         missing_expert)
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES
 from tokenizer.frames import to_model_frames, to_uint8
@@ -298,6 +299,8 @@ def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
     if args.interp_expert_weight is not None and not args.interp_expert_weight >= 0:
         parser.error(f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use "
                      "--expert-weight")
+    if pipeline is not None and missing_expert(args, pipeline.expert is not None):
+        parser.error(missing_expert(args, pipeline.expert is not None))
     try:
         return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              guidance_scale=args.cfg, expert_weight=args.expert_weight)

@@ -138,3 +138,16 @@ def test_a_bundle_carries_an_expert_and_checks_its_contracts(bundle, pipeline, t
     shutil.copytree(expert, out / "expert")
     with pytest.raises(CheckpointMismatch, match=r"expert/generator.json records text .* but .*image/generator.json"):
         Pipeline.load(out)
+
+
+def test_sample_and_evaluate_name_a_missing_expert(bundle, tmp_path, capsys):
+    from cogvideo_lite.evaluate import main as evaluate_main
+    from tests.test_sample import PROMPT, run_sample
+
+    for call in (lambda: run_sample(["--prompt", PROMPT, "--expert-weight", "0.5"], bundle, tmp_path / "out"),
+                 lambda: evaluate_main(["shapes", "--ckpt", str(bundle), "--interp-expert-weight", "0.5"])):
+        with pytest.raises(SystemExit) as raised:
+            call()
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert raised.value.code == 2 and "0.5: this bundle has no image expert" in error, error
+    assert not (tmp_path / "out").exists()

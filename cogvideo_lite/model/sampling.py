@@ -137,6 +137,15 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     return dict(raw)
 
 
+def missing_expert(args: argparse.Namespace, has_expert: bool) -> str | None:
+    """The command-line error when an expert weight > 0 (after defaults) meets a bundle without an expert."""
+    weights = [value for value in (args.expert_weight, args.interp_expert_weight) if value]
+    if weights and not has_expert:
+        return (f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert (an "
+                "expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out or at 0")
+    return None
+
+
 def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
                         interp_expert_weight: float | None = None) -> SamplingKnobs:
     """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the

@@ -228,8 +228,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pipeline = load_pipeline(parser, args.ckpt, device)
     fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
     knobs = check_knobs(parser, args)
-    if missing_expert(args, pipeline.expert is not None):
-        parser.error(missing_expert(args, pipeline.expert is not None))
+    if error := missing_expert(args, pipeline.expert is not None):
+        parser.error(error)
     rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
     check_prompt_lengths(parser, pipeline, prompts)
     given = read_given_codes(parser, args, pipeline, rate)

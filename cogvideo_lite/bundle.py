@@ -53,7 +53,7 @@ from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
 from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config
 
 PART_NAMES = ("tokenizer", "text", "image", "keyframe", "interpolate")
-OPTIONAL_PARTS = ("expert",)  # an image export that may join frame 0 and the key frames (`--expert-weight`)
+OPTIONAL_PARTS = ("expert",)  # an image export that may join the frame loops at sampling time (`--expert-weight`)
 VIDEO_STAGES = ("keyframe", "interpolate")
 BUNDLE_MAP_FILE = "bundle.json"
 SAMPLING_FILE = "sampling.json"  # optional: the bundle's recommended sampling knobs

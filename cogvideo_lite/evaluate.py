@@ -299,8 +299,8 @@ def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
     if args.interp_expert_weight is not None and not args.interp_expert_weight >= 0:
         parser.error(f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use "
                      "--expert-weight")
-    if pipeline is not None and missing_expert(args, pipeline.expert is not None):
-        parser.error(missing_expert(args, pipeline.expert is not None))
+    if pipeline is not None and (error := missing_expert(args, pipeline.expert is not None)):
+        parser.error(error)
     try:
         return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              guidance_scale=args.cfg, expert_weight=args.expert_weight)

@@ -160,3 +160,23 @@ def test_shape_probe_image_option_swaps_in_another_export_that_fits(bundle, tmp_
     (other / "generator.json").write_text(json.dumps(spec))
     with pytest.raises(CheckpointMismatch, match=r"generator.json records text .*, but .*image/generator.json has"):
         swap_image_model(pipeline, other)
+
+
+def test_usage_ceiling_kmeans_finds_separated_clusters_and_weights_favour_sparse_points():
+    from bench.usage_ceiling import density_weights, kmeans, pixel_patches
+
+    generator = torch.Generator().manual_seed(0)
+    true_centres = torch.nn.functional.normalize(torch.eye(8)[:4] * 3 + 0.1, dim=1)     # 4 far-apart unit vectors
+    noise = 0.02 * torch.randn(200, 8, generator=generator)
+    points = torch.nn.functional.normalize(true_centres.repeat_interleave(50, 0) + noise, dim=1)
+    centres = kmeans(points, 4, 10, generator)
+    # brute force: every true centre has a fitted one within the noise, and the fit is on the unit sphere
+    assert torch.cdist(true_centres, centres).min(1).values.max() < 0.02
+    assert torch.allclose(centres.norm(dim=1), torch.ones(4), atol=1e-5)
+    # a tight clump and a loose one: the loose one's points weigh more for alpha > 0, less for alpha < 0
+    clumps = torch.cat([0.01 * torch.randn(100, 2, generator=generator), 5 + torch.randn(100, 2, generator=generator)])
+    sparse, dense = density_weights(clumps, 0.5), density_weights(clumps, -0.5)
+    assert sparse[100:].mean() > 10 * sparse[:100].mean() and dense[:100].mean() > 10 * dense[100:].mean()
+    # patches come out in the encoder grid's order: patch (row 0, col 1) of frame 0 is pixels [0:8, 8:16]
+    frames = torch.randn(2, 3, 16, 16, generator=generator)
+    assert torch.equal(pixel_patches(frames, 8)[1], frames[0, :, 0:8, 8:16].reshape(-1))

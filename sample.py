@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
-                                         missing_expert)
+                                         knobs_from_arguments, missing_expert)
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import PromptTooLong
 
@@ -69,18 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Checks: every one runs before any generation
 # ----------------------------------------------------------------------------------------------------------------
 
-def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
+    """The sampling knobs (after the bundle's defaults), then the options of this script."""
+    knobs = knobs_from_arguments(parser, args)
     rules = [
-        (args.temperature > 0, f"--temperature {args.temperature}: must be > 0; try --temperature 1.0"),
-        (args.top_k is None or args.top_k >= 1,
-         f"--top-k {args.top_k}: must be an integer >= 1; leave it out to keep every code"),
-        (args.interp_top_k is None or args.interp_top_k >= 1,
-         f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k"),
-        (0 < args.top_p <= 1, f"--top-p {args.top_p}: must be in (0, 1]; try --top-p 0.9, or 1 to turn it off"),
-        (args.cfg >= 0, f"--cfg {args.cfg}: the guidance scale must be >= 0; 1 means no guidance, try --cfg 3"),
-        (args.expert_weight >= 0, f"--expert-weight {args.expert_weight}: must be >= 0; 0 turns the expert off"),
-        (args.interp_expert_weight is None or args.interp_expert_weight >= 0,
-         f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use --expert-weight"),
         (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
         (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
         (args.seed >= 0, f"--seed {args.seed}: must be >= 0"),
@@ -90,8 +82,7 @@ def check_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Sa
     for ok, message in rules:
         if not ok:
             parser.error(message)
-    return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         guidance_scale=args.cfg, expert_weight=args.expert_weight)
+    return knobs
 
 
 def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
@@ -227,7 +218,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = choose_device(parser, args.device)
     pipeline = load_pipeline(parser, args.ckpt, device)
     fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
-    knobs = check_knobs(parser, args)
+    knobs = check_arguments(parser, args)
     if error := missing_expert(args, pipeline.expert is not None):
         parser.error(error)
     rate, rounds = choose_rate_and_rounds(parser, args, pipeline)

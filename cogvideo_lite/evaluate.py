@@ -53,7 +53,7 @@ from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_c
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
-                                         missing_expert)
+                                         knobs_from_arguments, missing_expert)
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES
 from tokenizer.frames import to_model_frames, to_uint8
@@ -294,18 +294,10 @@ def check_knob_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
                          pipeline: Pipeline | None) -> SamplingKnobs:
     """The sampling knobs: those given, the rest from the bundle's sampling.json, else built in; then checked."""
     fill_knob_defaults(args, {} if pipeline is None else pipeline.recommended_knobs)
-    if args.interp_top_k is not None and args.interp_top_k < 1:
-        parser.error(f"--interp-top-k {args.interp_top_k}: must be an integer >= 1; leave it out to use --top-k")
-    if args.interp_expert_weight is not None and not args.interp_expert_weight >= 0:
-        parser.error(f"--interp-expert-weight {args.interp_expert_weight}: must be >= 0; leave it out to use "
-                     "--expert-weight")
+    knobs = knobs_from_arguments(parser, args)
     if pipeline is not None and (error := missing_expert(args, pipeline.expert is not None)):
         parser.error(error)
-    try:
-        return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                             guidance_scale=args.cfg, expert_weight=args.expert_weight)
-    except ValueError as error:
-        parser.error(str(error))
+    return knobs
 
 
 def load_pipeline(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Pipeline | None:

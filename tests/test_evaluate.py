@@ -185,7 +185,8 @@ def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset,
         (["--reference", str(tmp_path)], "--reference: .*no captions file"),
         (["--ckpt", str(bundle), "--seeds", "0"], "--seeds 0: must be >= 1"),
         (["--ckpt", str(bundle), "--seed", "-1"], "--seed -1: must be >= 0"),
-        (["--ckpt", str(bundle), "--top-p", "2"], "top_p=2.0"),
+        (["--ckpt", str(bundle), "--top-p", "2"], r"--top-p 2.0: must be a number in \(0, 1\]"),  # as sample.py says it
+        (["--ckpt", str(bundle), "--interp-top-k", "0"], "--interp-top-k 0: must be an integer >= 1"),
         (["--ckpt", str(bundle), "--round-trip"], "--round-trip .*give --ckpt and --reference"),
     ]
     for arguments, message in cases:

@@ -143,7 +143,7 @@ def test_user_error_exits_2_with_one_line_and_no_traceback(bundle, tmp_path):
                          "--temperature", "0"], check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "sample.py: error: --temperature 0.0: must be > 0; try --temperature 1.0")
+        "sample.py: error: --temperature 0.0: must be a number > 0; try --temperature 1.0")
     assert not (tmp_path / "out").exists()
 
 
@@ -154,11 +154,14 @@ def test_each_invalid_input_fails_before_writing_anything(bundle, clip, tmp_path
     empty_prompts.write_text("\n \n")
     long_prompt = "a red circle moves left slowly and a green square moves up quickly"
     cases = [
-        (["--temperature", "-1"], "--temperature -1.0: must be > 0"),
+        (["--temperature", "-1"], "--temperature -1.0: must be a number > 0"),
         (["--top-k", "0"], "--top-k 0: must be an integer >= 1"),
-        (["--top-p", "1.5"], r"--top-p 1.5: must be in \(0, 1\]"),
-        (["--top-p", "0"], r"--top-p 0.0: must be in \(0, 1\]"),
-        (["--cfg", "-0.5"], "--cfg -0.5: the guidance scale must be >= 0"),
+        (["--top-p", "1.5"], r"--top-p 1.5: must be a number in \(0, 1\]"),
+        (["--top-p", "0"], r"--top-p 0.0: must be a number in \(0, 1\]"),
+        (["--cfg", "-0.5"], "--cfg -0.5: must be a number >= 0; it is the guidance scale"),
+        (["--interp-top-k", "0"], "--interp-top-k 0: must be an integer >= 1; leave it out to use --top-k"),
+        (["--expert-weight", "-1"], "--expert-weight -1.0: must be a number >= 0; 0 turns the expert off"),
+        (["--interp-expert-weight", "-0.1"], "--interp-expert-weight -0.1: must be a number >= 0"),
         (["--num-samples", "0"], "--num-samples 0: must be >= 1"),
         (["--rounds", "4"], r"--rounds 4: from 1 fps the rates \(1, 2, 4, 8\) allow 0..3 interpolation rounds"),
         (["--fps", "4", "--rounds", "2"], r"--rounds 2: from 4 fps .* allow 0..1"),
@@ -244,3 +247,15 @@ def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, 
     video = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=2, seed=1, progress=False,
                             init_codes=keys)[0]
     assert torch.equal(video.codes[video.key_indices], keys[0])
+
+
+def test_one_rule_table_covers_every_knob_and_allows_its_builtin_value():
+    from cogvideo_lite.model.sampling import BUILTIN_KNOBS, KNOB_RULES, knob_problems
+
+    assert list(KNOB_RULES) == list(BUILTIN_KNOBS)
+    assert knob_problems(BUILTIN_KNOBS) == []
+    # the same rule speaks for SamplingKnobs (under its field's name) and for sampling.json
+    with pytest.raises(ValueError, match=re.escape("guidance_scale=-1: expected a number >= 0")):
+        SamplingKnobs(guidance_scale=-1)
+    assert knob_problems({"cfg": -1, "top_k": True, "interp_expert_weight": None}) == [
+        "cfg=-1: expected a number >= 0", "top_k=True: expected null or an integer >= 1"]

@@ -9,6 +9,7 @@ the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,23 +28,58 @@ class SamplingKnobs:
     expert_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        problems = check_knobs(self.temperature, self.top_k, self.top_p)
-        for name in ("guidance_scale", "expert_weight"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                problems.append(f"{name}={value!r}: expected a number >= 0")
+        problems = knob_problems({"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                                  "guidance_scale": self.guidance_scale, "expert_weight": self.expert_weight},
+                                 rule_names={"guidance_scale": "cfg"})
         if problems:
             raise ValueError("invalid sampling knobs: " + "; ".join(problems))
 
 
-def check_knobs(temperature: float, top_k: int | None, top_p: float) -> list[str]:
+# ---------------------------------------------------------------------------------------------------- knob rules
+# Every check of a sampling knob, wherever its value comes from (SamplingKnobs, a bundle's sampling.json, the
+# command line of sample.py or evaluate), reads this one table: the knob's name (as in BUILTIN_KNOBS) -> whether
+# None means "not set" (a built-in fallback), the test of a set value, what it must be, and a hint for the command line.
+@dataclass(frozen=True)
+class KnobRule:
+    nullable: bool
+    accepts: Callable[[object], bool]
+    must_be: str
+    hint: str
+
+    def allows(self, value: object) -> bool:
+        return (value is None and self.nullable) or (value is not None and self.accepts(value))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+KNOB_RULES: dict[str, KnobRule] = {
+    "temperature": KnobRule(False, lambda v: _number(v) and v > 0, "a number > 0", "try --temperature 1.0"),
+    "top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to keep every code"),
+    "interp_top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to use --top-k"),
+    "top_p": KnobRule(False, lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]",
+                      "try --top-p 0.9, or 1 to turn it off"),
+    "cfg": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0",
+                    "it is the guidance scale: 1 means no guidance, try --cfg 3"),
+    "expert_weight": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0", "0 turns the expert off"),
+    "interp_expert_weight": KnobRule(True, lambda v: _number(v) and v >= 0, "a number >= 0",
+                                     "leave it out to use --expert-weight"),
+}
+
+
+def knob_problems(knobs: Mapping[str, object], rule_names: Mapping[str, str] | None = None) -> list[str]:
+    """`name=value: expected ...` for each knob in `knobs` whose value its rule refuses (the rule of
+    `rule_names[name]` where a field goes by another name than its knob, e.g. guidance_scale -> cfg)."""
     problems = []
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        problems.append(f"temperature={temperature!r}: expected a number > 0")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        problems.append(f"top_k={top_k!r}: expected null or an integer >= 1")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        problems.append(f"top_p={top_p!r}: expected a number in (0, 1]")
+    for name, value in knobs.items():
+        rule = KNOB_RULES[(rule_names or {}).get(name, name)]
+        if not rule.allows(value):
+            problems.append(f"{name}={value!r}: expected {'null or ' if rule.nullable else ''}{rule.must_be}")
     return problems
 
 
@@ -75,7 +111,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torc
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
                  generator: torch.Generator | None = None) -> torch.Tensor:
     """One code per row: logits (B, V) -> (B,) int64 in [0, V)."""
-    problems = check_knobs(temperature, top_k, top_p)
+    problems = knob_problems({"temperature": temperature, "top_k": top_k, "top_p": top_p})
     if problems:
         raise ValueError("invalid sampling knobs: " + "; ".join(problems))
     probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
@@ -121,20 +157,21 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     if unknown:
         raise ValueError(f"{where}: unknown sampling knob(s) {', '.join(unknown)}; expected some of "
                          f"{', '.join(BUILTIN_KNOBS)}")
-    knobs = {**BUILTIN_KNOBS, **raw}
-    problems = check_knobs(knobs["temperature"], knobs["top_k"], knobs["top_p"])
-    interp_top_k = knobs["interp_top_k"]
-    if interp_top_k is not None and (not isinstance(interp_top_k, int) or isinstance(interp_top_k, bool)
-                                     or interp_top_k < 1):
-        problems.append(f"interp_top_k={interp_top_k!r}: expected null or an integer >= 1")
-    for name in ("cfg", "expert_weight", "interp_expert_weight"):
-        if name == "interp_expert_weight" and knobs[name] is None:
-            continue
-        if not isinstance(knobs[name], (int, float)) or isinstance(knobs[name], bool) or not knobs[name] >= 0:
-            problems.append(f"{name}={knobs[name]!r}: expected a number >= 0")
+    problems = knob_problems({**BUILTIN_KNOBS, **raw})
     if problems:
         raise ValueError(f"{where}: " + "; ".join(problems))
     return dict(raw)
+
+
+def knobs_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
+    """The knobs of the command line (after `fill_knob_defaults`), each checked by its rule; a refused one is a
+    command-line error that says what it must be."""
+    for name, rule in KNOB_RULES.items():
+        value = getattr(args, name)
+        if not rule.allows(value):
+            parser.error(f"--{name.replace('_', '-')} {value}: must be {rule.must_be}; {rule.hint}")
+    return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                         guidance_scale=args.cfg, expert_weight=args.expert_weight)
 
 
 def missing_expert(args: argparse.Namespace, has_expert: bool) -> str | None:

@@ -144,9 +144,13 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
 def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, step: int,
                   dist_info: distributed.DistInfo, dtype: torch.dtype) -> tuple[dict[str, float], bool]:
     """One optimizer step over grad_accum micro-batches. A non-finite micro-batch loss contributes no gradient;
-    a step whose every micro-batch was non-finite leaves the weights unchanged (its learning rate is 0)."""
+    a step whose every micro-batch was non-finite leaves the weights unchanged (its learning rate is 0).
+
+    DeepSpeed's pattern: `engine.step()` after every micro-batch's `backward`; the engine counts micro-batches,
+    scales each loss by 1/grad_accum and steps the optimizer and the schedule only at the last one (the
+    accumulation boundary)."""
     totals: dict[str, float] = {}
-    bad = 0
+    bad, optimizer_steps = 0, engine.global_steps
     for micro_step in range(stream.grad_accum):
         batch = {k: to_device(v, dist_info.device, dtype) for k, v in next(batches).items()}
         output = engine(batch, step)
@@ -158,14 +162,16 @@ def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, 
             for key, value in output.metrics.items():
                 totals[key] = totals.get(key, 0.0) + float(value)
         engine.backward(loss)
-    skipped = bad == stream.grad_accum
-    if skipped:
-        for group in optimizer.param_groups:
-            group["lr"] = 0.0
-    engine.step()
+        if micro_step == stream.grad_accum - 1 and bad == stream.grad_accum:
+            for group in optimizer.param_groups:  # the boundary step below then changes nothing
+                group["lr"] = 0.0
+        engine.step()
+    if engine.global_steps != optimizer_steps + 1:
+        raise RuntimeError(f"step {step}: DeepSpeed did not step the optimizer after {stream.grad_accum} "
+                           "micro-batch(es); its gradient_accumulation_steps must equal train.grad_accum")
     good = stream.grad_accum - bad
     metrics = {k: v / good for k, v in totals.items()} if good else {}
-    return distributed.mean_over_ranks(metrics, dist_info.device), skipped
+    return distributed.mean_over_ranks(metrics, dist_info.device), bad == stream.grad_accum
 
 
 def to_device(value, device: torch.device, dtype: torch.dtype):

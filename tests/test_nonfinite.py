@@ -1,6 +1,7 @@
 """A non-finite loss is detected, its step skipped (weights untouched) and counted; too many in a row stop the run
-with a clear message, and no checkpoint is ever written from poisoned weights. Runs the real training loop and
-DeepSpeed engine in this process, on a toy task whose loss turns NaN at chosen steps."""
+with a clear message, and no checkpoint is ever written from poisoned weights. Gradient accumulation steps the
+optimizer once per training step and equals one big batch. Runs the real training loop and DeepSpeed engine in this
+process, on a toy task whose loss turns NaN at chosen steps."""
 
 import json
 import math
@@ -57,16 +58,17 @@ class ToyTask:
         return {}
 
 
-def run(tmp_path, bad_steps, steps=5, max_bad=3):
+def run(tmp_path, bad_steps, steps=5, max_bad=3, grad_accum=1):
     dist_info = distributed.init_distributed(device="cpu")
     config = config_from_dict({"stage": "tokenizer", "run_dir": str(tmp_path), "tokenizer": {"size": "tiny"},
                                "data": {"sources": ["unused"]},
-                               "train": {"steps": steps, "micro_batch": 4, "warmup_steps": 0, "lr": 0.1,
+                               "train": {"steps": steps, "micro_batch": 4 // grad_accum, "grad_accum": grad_accum,
+                                         "warmup_steps": 0, "lr": 0.1,
                                          "save_every": 1, "keep_checkpoints": 10, "log_every": 1,
                                          "max_bad_steps": max_bad}})
     task = ToyTask(bad_steps)
     engine, optimizer, _ = build_engine(task.module, task.trainable_parameters(), config.train, 1, dist_info.device)
-    stream = SampleStream(task.num_samples(), 4, 1, 1, 0)
+    stream = SampleStream(task.num_samples(), 4 // grad_accum, grad_accum, 1, 0)
     run_dir = RunDirectory(tmp_path)
     run_dir.claim(config.to_dict(), resume=False, overwrite=False)
     train_loop(engine, optimizer, task, stream, run_dir, config, dist_info, torch.float32, 0)
@@ -99,3 +101,27 @@ def test_too_many_non_finite_steps_stop_the_run(tmp_path):
     for tag in tags:
         weights = load_file(str(run_dir.checkpoints / tag / "export" / "w.safetensors"))
         assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_grad_accum_steps_every_step_and_equals_one_big_batch(tmp_path):
+    """2 micro-batches of 2 per step against 1 of 4 over the same samples: the same weights after every step, the
+    same learning-rate schedule (the loss is a mean over samples, so the mean of two halves' gradients is the whole's)."""
+    whole, halves = run(tmp_path / "whole", bad_steps=set()), run(tmp_path / "halves", bad_steps=set(), grad_accum=2)
+    for step in range(1, 6):
+        for name, weight in exported(whole, step).items():
+            assert torch.allclose(exported(halves, step)[name], weight, atol=1e-6), (step, name)
+    assert not torch.equal(exported(halves, 1)["linear.weight"], exported(halves, 2)["linear.weight"])
+
+    def rates(run_dir):
+        return [r["lr"] for r in map(json.loads, run_dir.metrics_path.read_text().splitlines()) if "lr" in r]
+
+    assert rates(halves) == pytest.approx(rates(whole)) and len(set(rates(whole))) == 5
+
+
+def test_a_non_finite_step_under_grad_accum_leaves_the_weights_untouched(tmp_path):
+    run_dir = run(tmp_path, bad_steps={2}, grad_accum=2)
+    records = [json.loads(line) for line in run_dir.metrics_path.read_text().splitlines()]
+    assert [r["skipped"] for r in records if "skipped" in r] == [False, False, True, False, False]
+    for name, weight in exported(run_dir, 2).items():
+        assert torch.equal(exported(run_dir, 3)[name], weight)
+    assert not torch.equal(exported(run_dir, 3)["linear.weight"], exported(run_dir, 4)["linear.weight"])

@@ -25,13 +25,14 @@ def weights(run_dir: Path, tag: str) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "checkpoints" / tag / "export" / "model.safetensors"))
 
 
-def test_resume_continues_exactly(tmp_path, shapes_dataset):
+@pytest.mark.parametrize("accumulate", [[], ["train.micro_batch=2", "train.grad_accum=2"]], ids=["one", "accum2"])
+def test_resume_continues_exactly(tmp_path, shapes_dataset, accumulate):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train(CONFIG, straight, tiny_sets(shapes_dataset, 6))
-    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6) + ["train.steps=3"])
+    train(CONFIG, straight, tiny_sets(shapes_dataset, 6) + accumulate)
+    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6) + accumulate + ["train.steps=3"])
     assert (resumed / "checkpoints" / "latest").read_text() == "step-00000003"
     # the resumed half builds its batches in worker processes: the same batches, so the same run
-    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6) + ["train.num_workers=2"], extra=["--resume"])
+    train(CONFIG, resumed, tiny_sets(shapes_dataset, 6) + accumulate + ["train.num_workers=2"], extra=["--resume"])
 
     assert metrics(straight) == metrics(resumed)  # the same losses, step for step, exactly
     a, b = weights(straight, "step-00000006"), weights(resumed, "step-00000006")

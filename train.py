@@ -52,10 +52,11 @@ def main(argv=None) -> RunDirectory:
     logging.basicConfig(level=logging.INFO if dist_info.is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run = RunDirectory(config.run_dir)
-    claim_run_directory(run, config, args)
+    on_main_rank(lambda: run.claim(config.to_dict(), resume=args.resume, overwrite=args.overwrite))
 
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     task = build_task(config)
+    on_main_rank(lambda: run.pin_inputs(task.inputs(), resume=args.resume))
     task.module.to(dist_info.device)
     engine, optimizer, _ = build_engine(task.module, task.trainable_parameters(), config.train,
                                         dist_info.world_size, dist_info.device)
@@ -71,12 +72,12 @@ def main(argv=None) -> RunDirectory:
     return run
 
 
-def claim_run_directory(run: RunDirectory, config: RunConfig, args) -> None:
-    """Rank 0 decides whether this run may use the directory; every rank learns the answer."""
+def on_main_rank(action) -> None:
+    """Rank 0 runs `action` (a check of the run directory); an error it raises stops every rank with its message."""
     error = None
     if distributed.is_main():
         try:
-            run.claim(config.to_dict(), resume=args.resume, overwrite=args.overwrite)
+            action()
         except Exception as exc:  # shared with the other ranks, then raised everywhere
             error = str(exc)
     error = distributed.broadcast_object(error)

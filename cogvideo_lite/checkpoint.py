@@ -112,6 +112,25 @@ class RunDirectory:
         write_text_atomic(run_file, json.dumps(payload, indent=2))
         write_text_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
+    def pin_inputs(self, inputs: dict[str, str], resume: bool) -> None:
+        """Record the checksums of what the run reads besides its config (`Task.inputs`: an image export, a text
+        model); a resumed run must find the same ones, else it would go on training on weights its checkpoint no
+        longer matches and export a model that names inputs it never saw. Call on the main rank only."""
+        path = self.root / "inputs.json"
+        if resume and path.exists():
+            pinned = json.loads(path.read_text())
+            changed = [f"{name}: {pinned.get(name)} -> {inputs.get(name)}"
+                       for name in sorted(set(pinned) | set(inputs)) if pinned.get(name) != inputs.get(name)]
+            if changed:
+                raise RunDirectoryError(
+                    f"cannot resume {self.root}: what it reads changed since it started ({'; '.join(changed)}); "
+                    "restore those files, or train a new run (another run_dir, or --overwrite)")
+            return
+        if resume and self.latest_tag() is not None:
+            logger.warning("--resume: %s records no input checksums (a run from an older version); recording the "
+                           "current ones without a check", self.root)
+        write_text_atomic(path, json.dumps(inputs, indent=2, sort_keys=True))
+
     @staticmethod
     def _incompatible_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
         old, new = flatten(previous), flatten(current)

@@ -7,16 +7,17 @@ bundle) are not repeated here."""
 import ast
 import json
 import pickle
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from bench.reliability import build_toy_inputs
 from cogvideo_lite.bundle import check_contracts, resolve_parts
-from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.checkpoint import RunDirectory, RunDirectoryError, sha256_file
 from cogvideo_lite.config import load_config
 from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
                                         read_spec, save_stage)
@@ -249,3 +250,24 @@ def test_video_stage_training_refuses_an_image_export_of_another_layout(toy, tmp
     with pytest.raises(CheckpointMismatch, match=rf"layout \{{'text_length': {SHORT_TEXT}, .* does not fit the shards' "
                                                  rf"text length {PrepareConfig.text_length} and grid \(4, 4\)"):
         keyframe_task(toy, "model.dim=32", f"image_checkpoint={other}")
+
+
+def test_a_video_stage_resume_refuses_an_image_export_changed_since_the_run_started(toy, tmp_path):
+    image = shutil.copytree(toy[1], tmp_path / "image")
+    run = RunDirectory(tmp_path / "run")
+    run.claim({"stage": "keyframe"}, resume=False, overwrite=False)
+    first = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
+    run.pin_inputs(first, resume=False)
+    assert set(first) == {"text model sha256", "frame tokenizer weights sha256", "image export weights sha256"}
+    run.pin_inputs(keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs(), resume=True)  # same
+
+    weights = image / "model" / FULL_WEIGHTS  # the image stage retrained in place: other weights, same path
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    save_file({**tensors, name: tensors[name] + 1.0}, str(weights))
+    changed = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
+    assert changed["image export weights sha256"] == sha256_file(weights) != first["image export weights sha256"]
+    with pytest.raises(RunDirectoryError, match=re.escape(
+            f"image export weights sha256: {first['image export weights sha256']} -> "
+            f"{changed['image export weights sha256']}")):
+        run.pin_inputs(changed, resume=True)

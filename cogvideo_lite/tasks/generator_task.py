@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cogvideo_lite.checkpoint import sha256_file
 from cogvideo_lite.config import RunConfig
-from cogvideo_lite.generator_io import (TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
+from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
                                        read_weights, require_image_export, require_same, save_stage)
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
@@ -189,3 +190,12 @@ class GeneratorTask:
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         return {}
+
+    def inputs(self) -> dict[str, str]:
+        """What this run reads besides its config, by checksum: a resume must find the same (the video stages keep
+        the frozen image weights of their checkpoint, and their export names the image export's)."""
+        found = {"text model sha256": self.text.spec["model_sha256"],
+                 "frame tokenizer weights sha256": self.contracts["frame_tokenizer"]["weights_sha256"]}
+        if self.stage != "image":
+            found["image export weights sha256"] = sha256_file(self.image_dir / FULL_WEIGHTS)
+        return found

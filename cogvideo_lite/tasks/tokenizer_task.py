@@ -185,6 +185,10 @@ class TokenizerTask:
     def export(self, directory: Path) -> None:
         save_tokenizer(self.model, directory)
 
+    def inputs(self) -> dict[str, str]:
+        """Nothing besides the config and the data is read: no checksums to pin (`init_from` only seeds step 0)."""
+        return {}
+
     @torch.no_grad()
     def evaluate(self, device: torch.device) -> dict[str, float]:
         """PSNR, SSIM and codebook use on the held-out files (never trained on)."""

@@ -187,7 +187,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         node = result
         *parents, leaf = key.strip().split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # a section left empty in YAML (`train:`, keys commented out) reads as None
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 problems.append(f"override {item!r}: {part} is not a section")
                 break
@@ -271,7 +273,8 @@ def build_dataclass(cls, raw: Any, where: str, problems: list[str] | None = None
     """Build a (possibly nested) dataclass from plain data, collecting problems instead of failing on the first.
 
     With `problems=None` it raises a ConfigError itself. Unknown keys, missing required keys and values of the wrong
-    type are reported with their dotted path. Validation inside `__post_init__` (a ValueError) is reported too.
+    type are reported with their dotted path, also inside nested dataclasses and lists of them
+    (`data.sources[0].frames`). Validation inside `__post_init__` (a ValueError) is reported too.
     """
     own = problems is None
     problems = [] if own else problems
@@ -285,17 +288,25 @@ def build_dataclass(cls, raw: Any, where: str, problems: list[str] | None = None
         if key not in fields:
             problems.append(f"{prefix}{key}: unknown key (expected one of {', '.join(fields)})")
     values = {}
+    missing_required = False
     for name, spec in fields.items():
         if name in raw:
-            ok, value = _coerce(raw[name], hints[name])
+            try:
+                ok, value = _coerce(raw[name], hints[name], f"{prefix}{name}")
+            except _NestedProblems as nested:
+                problems.extend(nested.problems)
+                continue
             if not ok:
                 problems.append(f"{prefix}{name}={raw[name]!r}: expected {_type_name(hints[name])}")
                 continue
             values[name] = value
         elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
             problems.append(f"{prefix}{name}: missing required key")
-    if len(problems) and own:
-        raise ConfigError(problems)
+            missing_required = True
+    if problems and (own or missing_required):  # without a required key the constructor would only repeat it
+        if own:
+            raise ConfigError(problems)
+        return None
     try:
         result = cls(**values)
     except (TypeError, ValueError) as error:
@@ -309,18 +320,35 @@ def build_dataclass(cls, raw: Any, where: str, problems: list[str] | None = None
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+class _NestedProblems(Exception):
+    """A mapping for a nested dataclass had the right shape but bad contents; carries its problems, with paths."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(problems)
+        self.problems = problems
+
+
+def _coerce(value: Any, hint: Any, where: str) -> tuple[bool, Any]:
+    """(True, value as `hint`) or (False, value) for a value of the wrong shape; a nested dataclass (or list of them)
+    whose mapping is wrong inside raises _NestedProblems naming each problem by its path under `where`."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return True, None
+        nested = None
         for arg in args:
             if arg is type(None):
                 continue
-            ok, coerced = _coerce(value, arg)
+            try:
+                ok, coerced = _coerce(value, arg, where)
+            except _NestedProblems as error:
+                nested = nested or error
+                continue
             if ok:
                 return True, coerced
+        if nested is not None:
+            raise nested
         return False, value
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
@@ -328,10 +356,11 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         if isinstance(value, str) and hint is SourceConfig:
             value = {"path": value}
         if isinstance(value, dict):
-            try:
-                return True, build_dataclass(hint, value, hint.__name__)
-            except ConfigError:
-                return False, value
+            problems: list[str] = []
+            built = build_dataclass(hint, value, where, problems)
+            if problems:
+                raise _NestedProblems(problems)
+            return True, built
         return False, value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -339,12 +368,18 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
         item_types = args if (len(args) != 2 or args[1] is not Ellipsis) else (args[0],) * len(value)
         if len(item_types) != len(value):
             return False, value
-        coerced = []
-        for item, item_type in zip(value, item_types):
-            ok, item = _coerce(item, item_type)
+        coerced, nested = [], []
+        for index, (item, item_type) in enumerate(zip(value, item_types)):
+            try:
+                ok, item = _coerce(item, item_type, f"{where}[{index}]")
+            except _NestedProblems as error:  # keep going: every bad entry is reported at once
+                nested.extend(error.problems)
+                continue
             if not ok:
                 return False, value
             coerced.append(item)
+        if nested:
+            raise _NestedProblems(nested)
         return True, tuple(coerced)
     if hint is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):

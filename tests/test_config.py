@@ -101,3 +101,26 @@ def test_first_frame_and_warm_start_belong_to_the_video_stages():
             config_from_dict({"stage": stage, "init_from_other_image": True, **extra,
                               **(video if stage == "keyframe" else {"run_dir": "r", "model": {"size": "tiny"},
                                                        "data": {"shards": "s"}})})
+
+
+def test_problems_inside_a_list_of_sources_name_the_entry():
+    """A bad entry of data.sources reports its own problem and index, not just 'expected a list of SourceConfig'."""
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "tokenizer_tiny.yaml",
+                    ["data.sources=[a, {path: b, repeats: 4}, {path: c, frames: 0}, {frames: 3}, {path: d, limit: x}]"])
+    problems = [p.split(": ", 1)[1] for p in error.value.problems]
+    assert problems[0] == ("data.sources[1].repeats: unknown key (expected one of path, frames, repeat, limit, scale, "
+                           "min_crop, hue)")
+    assert problems[1].startswith("data.sources[2]: source 'c': frames=0,")
+    assert "expected frames >= 1" in problems[1]
+    assert problems[2:] == ["data.sources[3].path: missing required key", "data.sources[4].limit='x': expected int"]
+
+
+def test_override_into_an_empty_section(tmp_path):
+    """`train:` with every key commented out reads as None; the file loads, and --set can still fill it."""
+    path = tmp_path / "empty_train.yaml"
+    path.write_text("stage: image\nrun_dir: r\nmodel: {size: tiny}\ndata: {shards: s}\ntrain:\n  # steps: 100\n")
+    assert load_config(path).train.steps == 1000
+    assert load_config(path, ["train.steps=5"]).train.steps == 5
+    with pytest.raises(ConfigError, match=r"override 'run_dir.x=1': run_dir is not a section"):
+        load_config(path, ["run_dir.x=1"])

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.evaluate import evaluate_frames, load_dataset_frames
-from tokenizer.io import NOT_EXPORTED, load_tokenizer, save_tokenizer
+from tokenizer.io import NOT_EXPORTED, load_config, load_tokenizer, save_tokenizer
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE
 
@@ -85,6 +85,22 @@ def test_missing_files_and_bad_config_are_named(trained_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_tokenizer(directory)
 
+
+
+def test_saved_config_missing_a_key_is_refused_naming_file_and_key(trained_dir):
+    """image_size changes no weight shape: a default would load a 48-pixel tokenizer as a 64-pixel one."""
+    directory, _ = trained_dir
+    config = json.loads((directory / "config.json").read_text())
+    del config["image_size"], config["entropy_weight"]
+    (directory / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"tokenizer/config.json: missing key\(s\) \['entropy_weight', 'image_size'\]; "
+                                         r"a saved tokenizer config must give every field"):
+        load_tokenizer(directory)
+
+
+@pytest.mark.parametrize("directory", ["checkpoints/tokenizer-tiny", "checkpoints/shapes-tiny/tokenizer"])
+def test_shipped_tokenizer_configs_are_complete(directory):
+    assert load_config(REPO / directory).image_size == 64   # every field present: the strict load accepts them
 
 def test_evaluate_frames_reports_every_metric(trained_dir):
     _, model = trained_dir

@@ -59,6 +59,15 @@ def test_unknown_config_key_is_named():
         TokenizerConfig.from_dict({"codebook_sise": 8}, where="configs/x.yaml")
 
 
+def test_partial_mapping_takes_defaults_unless_complete_is_demanded():
+    assert TokenizerConfig.from_dict({"codebook_size": 8}) == TokenizerConfig(codebook_size=8)
+    with pytest.raises(ValueError, match=r"run/config.json: missing key\(s\) \['channel_mult', 'channels'\]; "
+                                         r"a saved tokenizer config must give every field"):
+        mapping = dataclasses.asdict(TokenizerConfig())
+        del mapping["channels"], mapping["channel_mult"]
+        TokenizerConfig.from_dict(mapping, where="run/config.json", complete=True)
+
+
 # ---------------------------------------------------------------------------- frames
 def test_to_model_frames_resizes_shorter_side_and_centre_crops():
     rng = np.random.default_rng(0)

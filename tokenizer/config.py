@@ -4,7 +4,7 @@ What it is: `TokenizerConfig`, a frozen dataclass that every other tokenizer mod
 `__post_init__` (all problems gathered into one `ValueError` naming field, value and expectation), plus the size
 registry `TOKENIZER_SIZES` whose keys are the names a user picks from.
 What it does not know: YAML, command lines or training schedules; `from_dict` takes a plain mapping (the saved
-`config.json`, or what a YAML loader produced).
+`config.json`, complete, or what a YAML loader produced, partial).
 Where the idea comes from: nanoGPT's `GPTConfig`, litgpt's validated configs, DiT's size registry; the sizes follow
 CogVideo (160x160 frames -> 20x20 codes) and LlamaGen (low-dimensional code lookup, 16,384 codes).
 """
@@ -126,12 +126,20 @@ class TokenizerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, mapping: Mapping[str, Any], where: str = "tokenizer config") -> TokenizerConfig:
-        """Build from a plain mapping; unknown keys are an error naming them and `where` they came from."""
+    def from_dict(cls, mapping: Mapping[str, Any], where: str = "tokenizer config",
+                  complete: bool = False) -> TokenizerConfig:
+        """Build from a plain mapping; unknown keys are an error naming them and `where` they came from.
+
+        `complete=True` (a saved tokenizer's config.json) also refuses missing keys: a default would silently describe
+        another tokenizer than the one trained (image_size changes no weight shape, so the weights would still load).
+        """
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; expected a subset of {sorted(known)}")
+        missing = sorted(known - set(mapping))
+        if complete and missing:
+            raise ValueError(f"{where}: missing key(s) {missing}; a saved tokenizer config must give every field")
         values = dict(mapping)
         if isinstance(values.get("channel_mult"), list):
             values["channel_mult"] = tuple(values["channel_mult"])

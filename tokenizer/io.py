@@ -71,7 +71,7 @@ def load_config(directory: str | Path) -> TokenizerConfig:
         raise ValueError(f"{config_path}: not valid JSON ({error})") from None
     if not isinstance(mapping, dict):
         raise ValueError(f"{config_path}: expected a JSON object, got {type(mapping).__name__}")
-    return TokenizerConfig.from_dict(mapping, where=str(config_path))
+    return TokenizerConfig.from_dict(mapping, where=str(config_path), complete=True)
 
 
 def _check_state(model: VQVAE, state: dict[str, torch.Tensor], weights_path: Path) -> None:

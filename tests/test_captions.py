@@ -95,3 +95,61 @@ def test_missing_or_ambiguous_captions_file(dataset):
     (dataset / "captions.csv").write_text("video,caption\n")
     with pytest.raises(ValueError, match="both captions.jsonl and captions.csv exist"):
         load_entries(dataset)
+
+
+def test_unusable_video_path_is_a_problem_not_a_crash(dataset):
+    write_jsonl(
+        dataset,
+        [
+            record("clips/a.mp4", "good"),  # 1
+            record("clips/b\u0000.mp4", "NUL byte"),  # 2: resolve() raises ValueError
+            record("clips/" + "x" * 300 + ".mp4", "name too long"),  # 3: is_file() raises OSError ENAMETOOLONG
+            record("clips/c.mp4", "good too"),  # 4
+        ],
+    )
+    entries, problems = load_entries(dataset)
+    assert [entry.line for entry in entries] == [1, 4]
+    captions_file = dataset.resolve() / "captions.jsonl"
+    assert [(problem.path, problem.reason) for problem in problems] == [
+        (f"{captions_file}:2", "invalid video path"),
+        (f"{captions_file}:3", "invalid video path"),
+    ]
+    assert problems[0].detail == "embedded null byte: 'clips/b\\x00.mp4'"
+    assert problems[1].detail.startswith("File name too long: 'clips/xxx")
+
+
+def test_csv_quoted_caption_may_span_lines(dataset):
+    (dataset / "captions.csv").write_bytes(
+        b'video,caption\nclips/a.mp4,"a red circle,\nthen a blue square"\nclips/b.mp4,caf\xe9\nclips/c.mp4,ok\n'
+    )
+    entries, problems = load_entries(dataset)
+    assert [(entry.video.name, entry.caption, entry.line) for entry in entries] == [
+        ("a.mp4", "a red circle,\nthen a blue square", 2),
+        ("c.mp4", "ok", 5),
+    ]
+    assert problems == [Problem(f"{dataset.resolve() / 'captions.csv'}:4", "not UTF-8")]
+
+
+def test_csv_unterminated_quote_is_a_problem_naming_its_line(dataset):
+    (dataset / "captions.csv").write_text('video,caption\nclips/a.mp4,ok\nclips/b.mp4,"a red circle\nclips/c.mp4,ok\n')
+    entries, problems = load_entries(dataset)
+    assert [entry.line for entry in entries] == [2]
+    assert [(problem.path, problem.reason) for problem in problems] == [
+        (f"{dataset.resolve() / 'captions.csv'}:3", "malformed CSV")
+    ]
+    assert problems[0].detail.startswith("unterminated quote")
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("captions.csv", "video,caption\nclips/a.mp4,a\nclips/b.mp4,b\n"),  # Excel's "CSV UTF-8"
+        ("captions.jsonl", (record("clips/a.mp4", "a") + b"\n" + record("clips/b.mp4", "b") + b"\n").decode()),
+    ],
+    ids=["csv", "jsonl"],
+)
+def test_utf8_byte_order_mark_is_dropped(dataset, name, text):
+    (dataset / name).write_bytes(b"\xef\xbb\xbf" + text.encode())
+    entries, problems = load_entries(dataset)
+    assert problems == []
+    assert [(entry.video.name, entry.caption) for entry in entries] == [("a.mp4", "a"), ("b.mp4", "b")]

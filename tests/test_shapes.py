@@ -11,6 +11,7 @@ from cogvideo_lite.data.shapes import (
     BACKGROUND_TINT,
     COLOURS,
     DIRECTIONS,
+    MIN_SECONDS,
     SHAPES,
     SPEEDS,
     ClipSpec,
@@ -19,6 +20,7 @@ from cogvideo_lite.data.shapes import (
     main,
     render_clip,
 )
+from cogvideo_lite.data.video import is_feasible, probe
 
 SPEC = ClipSpec()
 SHAPE_AREAS = {  # area of each shape in units of radius**2: circle pi r^2, square (2r)^2, triangle base 2r x height 2r / 2
@@ -144,3 +146,17 @@ def test_bad_spec_names_the_field():
         ClipSpec(seconds=3.0)
     with pytest.raises(ValueError, match=r"unknown word 'purple'"):
         render_clip("purple", "circle", "up", "slowly", np.random.default_rng(0))
+
+
+def test_clips_last_at_least_the_requested_seconds(tmp_path):
+    assert ClipSpec().num_frames == 120 and ClipSpec(fps=8, seconds=4.5).num_frames == 36  # exact products kept
+    assert ClipSpec(fps=30, seconds=4.7).num_frames == 141  # 4.7 * 30 = 141.00000000000003 adds no frame
+    for fps in range(1, 31):
+        for seconds in (MIN_SECONDS, 4.6, 5.0, 5.25):
+            frames = ClipSpec(fps=fps, seconds=seconds).num_frames
+            assert (frames - 1) / fps < seconds <= frames / fps + 1e-9, (fps, seconds)
+    # 4.5 s at 1 fps: 5 frames, 5 s, so the 5 key frames at 1 fps that MIN_SECONDS promises fit in the written clip
+    generate(tmp_path, 1, seed=0, spec=ClipSpec(size=32, fps=1, seconds=MIN_SECONDS), progress=False)
+    info = probe(tmp_path / "clips/000000.mp4")
+    assert info.num_frames == 5 and info.duration == pytest.approx(5.0)
+    assert is_feasible(info.duration, 5, 1)

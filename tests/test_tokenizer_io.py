@@ -2,8 +2,10 @@
 
 import json
 import logging
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.evaluate import evaluate_frames, load_dataset_frames
+from tokenizer.images import read_image
 from tokenizer.io import NOT_EXPORTED, load_config, load_tokenizer, save_tokenizer
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE
@@ -129,6 +132,48 @@ def test_dataset_reading_skips_bad_files_by_name(tmp_path, caplog):
     assert "broken.mp4" in caplog.text and "notes.txt" in caplog.text
     with pytest.raises(ValueError, match="no readable video or image"):
         load_dataset_frames(data / "broken.mp4", 16, max_frames=4)
+
+
+def write_oversized_png(path: Path, side: int = 20000) -> Path:
+    """A tiny file whose header declares a side x side RGB image: over Pillow's decompression-bomb pixel limit."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # width, height, 8 bits, RGB, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_video_decord_cannot_decode_is_skipped_naming_file_and_reason(tmp_path, caplog, video_writer):
+    video_writer(tmp_path / "narrow.mp4", np.full((4, 32, 8, 3), 128, np.uint8), 24)  # decord 0.6 fails at width 8
+    Image.fromarray(np.full((30, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "a.png")
+    with caplog.at_level(logging.WARNING):
+        frames = load_dataset_frames(tmp_path, 16, max_frames=4)
+    assert frames.shape == (1, 3, 16, 16)
+    assert "narrow.mp4: decord cannot decode it" in caplog.text and "DECORDArrayCopyFromTo" in caplog.text
+
+
+def test_oversized_image_is_skipped_naming_file_and_reason(tmp_path, caplog):
+    Image.fromarray(np.full((30, 40, 3), 200, dtype=np.uint8)).save(tmp_path / "good.png")
+    write_oversized_png(tmp_path / "huge.png")
+    with caplog.at_level(logging.WARNING):
+        frames = load_dataset_frames(tmp_path, 16, max_frames=4)
+    assert frames.shape == (1, 3, 16, 16)
+    assert "huge.png: Image size (400000000 pixels) exceeds limit" in caplog.text
+
+
+def test_sixteen_bit_grey_images_are_scaled_to_eight_bits(tmp_path):
+    levels = np.array([[0, 32768, 65535, 257]], dtype=np.uint16)  # black, 50 % grey, white, one 8-bit step
+    Image.fromarray(levels).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as image:
+        assert image.mode in ("I;16", "I")  # "I" on older Pillow versions: both are read on the 16-bit scale
+    frame = read_image(tmp_path / "grey16.png")
+    assert frame.dtype == np.uint8 and frame.shape == (1, 1, 4, 3)
+    assert frame[0, 0].tolist() == [[0] * 3, [128] * 3, [255] * 3, [1] * 3]
+    Image.fromarray(np.full((16, 16), 32768, dtype=np.uint16)).save(tmp_path / "flat16.png")
+    frames = load_dataset_frames(tmp_path / "flat16.png", 16, max_frames=4)
+    torch.testing.assert_close(frames, torch.full_like(frames, 128 / 127.5 - 1))
 
 
 def test_evaluate_command_on_a_real_video(trained_dir, tmp_path):

@@ -2,8 +2,9 @@
 
 What it is: `evaluate_frames(model, frames)` (also called by the training loop on a held-out clip) and the command
 `python -m tokenizer.evaluate --ckpt DIR --data PATH [--json OUT] [--max-frames N]`, where PATH is a video, an image,
-or a folder of them. Videos are read with decord, images with Pillow; a file that cannot be read is skipped with a
-warning that names it.
+or a folder of them. Videos are read with decord, images with Pillow (`read_image`, which `cogvideo_lite`'s frame
+dataset uses too: any Pillow mode, 16-bit grey scaled to 8 bits); a file that cannot be read is skipped with a
+warning that names it and the reason.
 What it does not know: datasets, captions or frame rates (it reads files directly; `cogvideo_lite` is not imported).
 Where the idea comes from: the usual tokenizer report (LlamaGen, MAGVIT): reconstruction quality plus codebook use.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from tokenizer.frames import to_model_frames
+from tokenizer.images import read_image
 from tokenizer.io import load_tokenizer
 from tokenizer.metrics import codebook_usage, perplexity, psnr_per_frame, ssim_per_frame
 from tokenizer.model import VQVAE
@@ -83,22 +85,28 @@ def media_files(path: Path) -> list[Path]:
     return files
 
 
+def read_video(path: Path, max_frames: int) -> np.ndarray:
+    """At most max_frames of a video, evenly spaced: uint8 (T, H, W, 3). RuntimeError when decord cannot open it,
+    ValueError when it has no frames or decord fails on it otherwise."""
+    import decord  # here: reading images needs no decord
+
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        if len(reader) == 0:
+            raise ValueError("video has no frames")
+        indices = np.linspace(0, len(reader) - 1, min(len(reader), max_frames)).round().astype(np.int64)
+        return reader.get_batch(indices.tolist()).asnumpy()
+    except decord.DECORDError as error:  # not a RuntimeError; e.g. decord 0.6 cannot copy out frames of a few widths
+        raise ValueError(f"decord cannot decode it: {str(error).splitlines()[0]}") from error
+
+
 def read_frames(path: Path, max_frames: int) -> np.ndarray:
     """A video's frames (at most max_frames, evenly spaced) or an image as one frame: uint8 (T, H, W, 3)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))[None]
+        return read_image(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"unknown suffix {path.suffix!r}")
-    import decord
-
-    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-    if len(reader) == 0:
-        raise ValueError("video has no frames")
-    indices = np.linspace(0, len(reader) - 1, min(len(reader), max_frames)).round().astype(np.int64)
-    return reader.get_batch(indices.tolist()).asnumpy()
+    return read_video(path, max_frames)
 
 
 def load_dataset_frames(path: Path, size: int, max_frames: int) -> torch.Tensor:

@@ -1,14 +1,18 @@
 """A dataset's captions file: `captions.jsonl` (`{"video": ..., "caption": ...}` per line) or `captions.csv`
-(header `video,caption`, one record per line), in the dataset folder, with video paths relative to that folder.
+(header `video,caption`, one record per row, RFC 4180 quoting: a quoted caption may span lines), in the dataset
+folder, with video paths relative to that folder. Both are UTF-8; a leading byte-order mark (Excel's "CSV UTF-8")
+is dropped.
 
-Every line is checked on its own; a bad line becomes a Problem naming `file:line` and the reason, and the rest
-of the file still loads. This module knows nothing of decoding: it checks that a video file exists, not that
-it plays (that is `video.probe`'s job).
+Every line (CSV: every record, named by the line it starts on) is checked on its own; a bad one becomes a Problem
+naming `file:line` and the reason, and the rest of the file still loads. This module knows nothing of decoding:
+it checks that a video file exists, not that it plays (that is `video.probe`'s job).
 """
 
+import codecs
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +52,8 @@ def find_captions_file(root: Path) -> Path:
 def _decoded_lines(path: Path) -> list[tuple[int, str | None]]:
     """(1-based line number, text or None where the bytes are not UTF-8), blank lines dropped."""
     lines = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, raw in enumerate(data.splitlines(), start=1):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -78,24 +83,54 @@ def _jsonl_records(path: Path) -> list[tuple[int, dict | Problem]]:
     return records
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str] | Problem]]:
+    """(line the record starts on, its fields or a Problem) for each CSV record, blank lines dropped. Bytes that
+    are not UTF-8 come through as lone surrogates, for `_is_utf8` to flag per record."""
+    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # newline="": quoted line breaks stay in fields
+    while True:
+        number = reader.line_num + 1  # line_num counts the lines read so far
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            detail = str(error)
+            if detail == "unexpected end of data":
+                detail = "unterminated quote: a quoted field opened in this record runs to the end of the file"
+            yield number, Problem(f"{path}:{number}", "malformed CSV", detail)
+            continue
+        if len(row) > 1 or "".join(row).strip():
+            yield number, row
+
+
+def _is_utf8(fields: list[str]) -> bool:
+    try:
+        "".join(fields).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: an undecodable byte kept by surrogateescape
+        return False
+    return True
+
+
 def _csv_records(path: Path) -> list[tuple[int, dict | Problem]]:
-    lines = _decoded_lines(path)
-    if not lines or lines[0][1] is None:
-        return [(1, Problem(f"{path}:1", "malformed CSV", f"expected a header {','.join(CSV_COLUMNS)}"))]
-    header = next(csv.reader([lines[0][1]]))
+    rows = _csv_rows(path)
+    number, header = next(rows, (1, None))
+    if not isinstance(header, list) or not _is_utf8(header):
+        return [(number, Problem(f"{path}:{number}", "malformed CSV", f"expected a header {','.join(CSV_COLUMNS)}"))]
     if tuple(name.strip() for name in header) != CSV_COLUMNS:
-        return [(1, Problem(f"{path}:1", "malformed CSV", f"header is {header}, expected {list(CSV_COLUMNS)}"))]
+        detail = f"header is {header}, expected {list(CSV_COLUMNS)}"
+        return [(number, Problem(f"{path}:{number}", "malformed CSV", detail))]
     records = []
-    for number, text in lines[1:]:
+    for number, row in rows:
         where = f"{path}:{number}"
-        if text is None:
+        if isinstance(row, Problem):
+            records.append((number, row))
+        elif not _is_utf8(row):
             records.append((number, Problem(where, "not UTF-8")))
-            continue
-        row = next(csv.reader(io.StringIO(text)))
-        if len(row) != len(CSV_COLUMNS):
+        elif len(row) != len(CSV_COLUMNS):
             records.append((number, Problem(where, "malformed CSV", f"expected {len(CSV_COLUMNS)} columns, got {len(row)}")))
-            continue
-        records.append((number, dict(zip(CSV_COLUMNS, row))))
+        else:
+            records.append((number, dict(zip(CSV_COLUMNS, row))))
     return records
 
 
@@ -108,18 +143,25 @@ def _check_record(root: Path, where: str, number: int, record: dict) -> Entry | 
         return Problem(where, "missing caption")
     if not isinstance(caption, str) or not caption.strip():
         return Problem(where, "empty caption", repr(caption))
-    resolved = (root / video).resolve()
-    if not resolved.is_relative_to(root):
+    try:
+        resolved = (root / video).resolve()
+        inside = resolved.is_relative_to(root)
+        found = inside and resolved.is_file()
+    except (OSError, ValueError) as error:  # a NUL byte in the path, a name longer than the file system allows
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return Problem(where, "invalid video path", f"{reason}: {video!r}")
+    if not inside:
         return Problem(where, "path outside dataset", video)
-    if not resolved.is_file():
+    if not found:
         return Problem(where, "file not found", video)
     return Entry(video=resolved, caption=caption.strip(), line=number)
 
 
 def load_entries(root: str | Path) -> tuple[list[Entry], list[Problem]]:
     """Read the captions file in `root`. Returns the good entries in file order and one Problem per bad line
-    (malformed JSON or CSV, not UTF-8, missing video field, missing or empty caption, path outside the dataset,
-    file not found, duplicate entry: a second line naming a video already listed)."""
+    (malformed JSON or CSV, not UTF-8, missing video field, missing or empty caption, invalid video path (a NUL
+    byte, a name too long), path outside the dataset, file not found, duplicate entry: a second line naming a video
+    already listed)."""
     root = Path(root).resolve()
     captions_file = find_captions_file(root)
     read = _jsonl_records if captions_file.suffix == ".jsonl" else _csv_records

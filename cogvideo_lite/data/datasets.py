@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ from cogvideo_lite.data.video import (
     read_clip,
     read_frames_at,
 )
+from tokenizer.images import read_image
 from tokenizer.frames import to_model_frames
 
 logger = logging.getLogger(__name__)
@@ -86,12 +86,20 @@ class ClipSample:
     start: float
 
 
-def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: str) -> None:
+def _scan_argument_problems(num_frames: int, rates: list[int]) -> list[str]:
     problems = []
     if num_frames < 1:
         problems.append(f"num_frames={num_frames}: expected at least 1")
     if not rates or any(not isinstance(rate, int) or rate < 1 for rate in rates):
         problems.append(f"rates={rates}: expected a non-empty list of positive integers")
+    elif len(set(rates)) < len(rates):
+        repeated = sorted(rate for rate, count in Counter(rates).items() if count > 1)
+        problems.append(f"rates={rates}: {repeated} repeated; expected each rate once")
+    return problems
+
+
+def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: str) -> None:
+    problems = _scan_argument_problems(num_frames, rates)
     if size < 1:
         problems.append(f"size={size}: expected a positive integer")
     if rule not in RULES:
@@ -103,7 +111,11 @@ def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: st
 def scan_clips(
     root: str | Path, num_frames: int, rates: list[int], progress: bool = True
 ) -> tuple[list[ClipSource], DatasetReport]:
-    """Load the captions and probe every listed video once. Returns the usable videos and the report."""
+    """Load the captions and probe every listed video once. Returns the usable videos and the report.
+    ValueError naming the argument for num_frames < 1 or rates that are not distinct positive integers."""
+    problems = _scan_argument_problems(num_frames, rates)
+    if problems:
+        raise ValueError("; ".join(problems))
     entries, caption_problems = load_entries(root)
     report = DatasetReport()
     for problem in caption_problems:
@@ -206,18 +218,25 @@ def _resize_shorter_side(frames: np.ndarray, side: int) -> np.ndarray:
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H', W', 3)
 
 
-def _load_image(path: Path) -> np.ndarray:
-    """(1, H, W, 3) uint8 from a jpg / png of any mode (grey, palette, alpha dropped); OSError if unreadable."""
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))[None]
-
-
 def _load_video_frames(path: Path, count: int) -> np.ndarray:
     """`count` frames spread evenly over the video (middles of equal time slices): (K, H, W, 3) uint8."""
     info = probe(path)
     count = min(count, info.num_frames)
     times = (np.arange(count) + 0.5) * info.duration / count
     return read_frames_at(path, times)
+
+
+def _decode_file(path: Path, frames_per_video: int) -> np.ndarray | Problem:
+    """(K, H, W, 3) uint8 frames of an image (K = 1) or a video (K <= frames_per_video), or why it is unusable."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            return read_image(path)  # any Pillow mode; 16-bit grey scaled to 8 bits
+        except ValueError as error:  # not an image, truncated, over Pillow's decompression-bomb limit, float samples
+            return Problem(str(path), "unreadable image", str(error))
+    try:
+        return _load_video_frames(path, frames_per_video)
+    except BadVideo as error:
+        return Problem(str(path), error.reason, error.detail)
 
 
 def _frame_sources(source: Path, report: DatasetReport) -> list[tuple[Path, str]]:
@@ -279,13 +298,9 @@ class FrameDataset(Dataset):
         self.hue_range = hue_range
         stored_side = round(stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
-            try:
-                decoded = _load_image(path) if path.suffix.lower() in IMAGE_SUFFIXES else _load_video_frames(path, frames_per_video)
-            except BadVideo as error:
-                self.report.add(Problem(str(path), error.reason, error.detail))
-                continue
-            except OSError as error:  # Pillow's UnidentifiedImageError is an OSError
-                self.report.add(Problem(str(path), "unreadable image", str(error)))
+            decoded = _decode_file(path, frames_per_video)
+            if isinstance(decoded, Problem):
+                self.report.add(decoded)
                 continue
             stored = _resize_shorter_side(decoded, stored_side)
             self.frames.extend(stored)

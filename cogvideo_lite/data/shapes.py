@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import multiprocessing
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -57,6 +58,9 @@ BACKGROUND_LEVELS = (16.0, 56.0)
 BACKGROUND_TINT = 6.0
 # Five key frames at 1 fps span 4 s; a clip must last longer, with room for a random start.
 MIN_SECONDS = 4.5
+# seconds * fps is rounded to this many decimals before rounding up to whole frames, so that float noise
+# (4.7 * 30 = 141.00000000000003) does not add a frame.
+FRAME_COUNT_DECIMALS = 9
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class ClipSpec:
 
     @property
     def num_frames(self) -> int:
-        return round(self.seconds * self.fps)
+        """Frames in a clip, rounded up: the clip lasts at least `seconds` (>= MIN_SECONDS) at any fps."""
+        return math.ceil(round(self.seconds * self.fps, FRAME_COUNT_DECIMALS))
 
     @property
     def radius(self) -> float:

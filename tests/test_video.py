@@ -190,3 +190,11 @@ def test_truncated_mp4_is_reported_as_truncated(coded_videos, tmp_path):
     with pytest.raises(BadVideo) as error:
         probe(path)
     assert error.value.reason == "corrupt or truncated video"
+
+
+def test_mpeg_transport_stream_is_refused_with_a_remux_hint(tmp_path, video_writer):
+    # decord opens a .ts and seeks in it wrongly (a read at 0 s gave the frame of 1.3 s), so it is refused by name
+    path = video_writer(tmp_path / "clip.ts", barcode_frames(48), 24)
+    with pytest.raises(BadVideo, match="remux it to mp4 first") as error:
+        probe(path)
+    assert error.value.reason.startswith("MPEG transport stream") and error.value.path == str(path)

@@ -72,9 +72,13 @@ class VideoInfo:
 def _looks_like_container(path: Path) -> bool:
     with open(path, "rb") as handle:
         head = handle.read(_TRANSPORT_PACKET_BYTES + 1)
-    if len(head) > _TRANSPORT_PACKET_BYTES and head[0] == head[_TRANSPORT_PACKET_BYTES] == _TRANSPORT_SYNC:
+    if _is_transport_stream(head):
         return True
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
+
+
+def _is_transport_stream(head: bytes) -> bool:
+    return len(head) > _TRANSPORT_PACKET_BYTES and head[0] == head[_TRANSPORT_PACKET_BYTES] == _TRANSPORT_SYNC
 
 
 def open_reader(path: str | Path) -> decord.VideoReader:
@@ -84,6 +88,11 @@ def open_reader(path: str | Path) -> decord.VideoReader:
         raise BadVideo(path, "file not found")
     if path.stat().st_size == 0:
         raise BadVideo(path, "empty file")
+    with open(path, "rb") as handle:
+        if _is_transport_stream(handle.read(_TRANSPORT_PACKET_BYTES + 1)):
+            # decord 0.6 opens these but seeks in them wrongly: a read at 0 s returned the frame of 1.3 s
+            raise BadVideo(path, "MPEG transport stream (decord reads its frames at wrong times)",
+                           f"remux it to mp4 first, e.g. ffmpeg -i {path.name} -c copy {path.stem}.mp4")
     import decord  # here: a machine that only samples and checks generated videos can go without it
 
     try:

@@ -114,7 +114,7 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
     batches = micro_batches(task, stream, start_step, train.steps, dist_info.rank, train.num_workers)
     tic, last_logged = time.perf_counter(), start_step
     for step in range(start_step, train.steps):
-        torch.manual_seed(train.seed * 1_000_003 + step)  # randomness of a step depends on (seed, step) alone
+        torch.manual_seed(step_seed(train.seed, step, dist_info.rank))  # randomness of a step: (seed, step, rank)
         metrics, skipped = training_step(engine, optimizer, task, batches, stream, step, dist_info, dtype)
         bad_in_a_row = bad_in_a_row + 1 if skipped else 0
         if bad_in_a_row >= train.max_bad_steps:
@@ -140,6 +140,13 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
         if tag is not None:
             logger.info("model exported to %s", run.publish(tag))
     distributed.barrier()
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one rank's step (dropout masks): a function of (seed, step, rank) alone, so a resumed run
+    draws what an uninterrupted one would, and ranks draw different masks for their different samples. Rank 0
+    keeps the seed of single-process runs; each other rank is shifted past every step count."""
+    return seed * 1_000_003 + step + rank * 7_919_000_033
 
 
 def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, step: int,

@@ -74,8 +74,11 @@ class TrainConfig:
             out.append(f"train.min_lr_ratio={self.min_lr_ratio}: expected in [0, 1]")
         if self.warmup_steps < 0 or self.eval_every < 0:
             out.append("train.warmup_steps and train.eval_every: expected >= 0")
-        if self.zero_stage not in (0, 1, 2, 3):
-            out.append(f"train.zero_stage={self.zero_stage}: expected 0, 1, 2 or 3")
+        if self.zero_stage == 3:
+            out.append("train.zero_stage=3: not supported: ZeRO-3 splits each weight across ranks and the exports "
+                       "read whole weights; use 2 (the default: optimizer states and gradients split), or 1 or 0")
+        elif self.zero_stage not in (0, 1, 2):
+            out.append(f"train.zero_stage={self.zero_stage}: expected 0, 1 or 2")
         if self.precision not in ("auto", "fp32", "bf16"):
             out.append(f"train.precision={self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
         if self.num_workers < 0:

@@ -7,7 +7,9 @@ Anything every rank must agree on (a run directory's fate, a skipped step) is de
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass
@@ -43,7 +45,11 @@ def init_distributed(device: str = "auto") -> DistInfo:
                        ("MASTER_PORT", "0")):
         os.environ.setdefault(key, value)
     # A lone process meets itself through a file rather than a TCP port: no port to find free, none to lose in a race.
-    init_method = None if launched else f"file://{tempfile.mkdtemp(prefix='cogvideo_lite_pg_')}/store"
+    init_method = None
+    if not launched and not dist.is_initialized():
+        store = tempfile.mkdtemp(prefix="cogvideo_lite_pg_")
+        atexit.register(shutil.rmtree, store, ignore_errors=True)  # the store file outlives the group otherwise
+        init_method = f"file://{store}/store"
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:

@@ -124,3 +124,11 @@ def test_override_into_an_empty_section(tmp_path):
     assert load_config(path, ["train.steps=5"]).train.steps == 5
     with pytest.raises(ConfigError, match=r"override 'run_dir.x=1': run_dir is not a section"):
         load_config(path, ["run_dir.x=1"])
+
+
+def test_zero_stage_3_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match=r"train\.zero_stage=3: not supported: ZeRO-3 splits each weight"):
+        load_config(CONFIGS / "image_tiny.yaml", ["train.zero_stage=3"])
+    with pytest.raises(ConfigError, match=r"train\.zero_stage=4: expected 0, 1 or 2"):
+        load_config(CONFIGS / "image_tiny.yaml", ["train.zero_stage=4"])
+    assert load_config(CONFIGS / "image_tiny.yaml", ["train.zero_stage=1"]).train.zero_stage == 1

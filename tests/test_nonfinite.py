@@ -125,3 +125,11 @@ def test_a_non_finite_step_under_grad_accum_leaves_the_weights_untouched(tmp_pat
     for name, weight in exported(run_dir, 2).items():
         assert torch.equal(exported(run_dir, 3)[name], weight)
     assert not torch.equal(exported(run_dir, 3)["linear.weight"], exported(run_dir, 4)["linear.weight"])
+
+
+def test_step_seeds_differ_by_rank_and_step_and_rank_0_keeps_the_single_process_seed():
+    from train import step_seed
+
+    seeds = {step_seed(5, step, rank) for step in range(20_000) for rank in range(8)}
+    assert len(seeds) == 20_000 * 8  # brute force: no two (step, rank) pairs share a seed
+    assert [step_seed(5, step, 0) for step in (0, 7)] == [5 * 1_000_003, 5 * 1_000_003 + 7]

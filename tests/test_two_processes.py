@@ -2,6 +2,8 @@
 batch, and keep the codebook identical on both ranks."""
 
 import json
+import os
+import subprocess
 import sys
 
 import torch
@@ -34,3 +36,13 @@ def test_two_ranks_match_one_process(tmp_path, shapes_dataset):
     wb = load_file(str(two / "model" / "model.safetensors"))
     for name in wa:
         assert torch.allclose(wa[name], wb[name], atol=1e-4, rtol=1e-3), name
+
+
+def test_a_single_process_leaves_no_rendezvous_folder_behind(tmp_path):
+    code = ("from cogvideo_lite import distributed; import glob, tempfile; distributed.init_distributed('cpu'); "
+            "print(len(glob.glob(tempfile.gettempdir() + '/cogvideo_lite_pg_*')))")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("MASTER_PORT", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "1"  # the group's store while the process runs
+    assert not list(tmp_path.glob("cogvideo_lite_pg_*"))  # removed when it exits

@@ -153,3 +153,16 @@ def test_utf8_byte_order_mark_is_dropped(dataset, name, text):
     entries, problems = load_entries(dataset)
     assert problems == []
     assert [(entry.video.name, entry.caption) for entry in entries] == [("a.mp4", "a"), ("b.mp4", "b")]
+
+
+def test_a_symlinked_clips_folder_is_inside_the_dataset_as_written(tmp_path):
+    elsewhere = tmp_path / "big-disk" / "clips"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "a.mp4").write_bytes(b"")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "clips").symlink_to(elsewhere, target_is_directory=True)
+    write_jsonl(root, [record("clips/a.mp4", "a red circle"), record("clips/../../big-disk/clips/a.mp4", "climbs")])
+    entries, problems = load_entries(root)
+    assert [e.video for e in entries] == [root.resolve() / "clips" / "a.mp4"]  # the path as written, not the target
+    assert [(p.path.rsplit(":", 1)[1], p.reason) for p in problems] == [("2", "path outside dataset")]

@@ -12,6 +12,7 @@ import codecs
 import csv
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,10 +144,13 @@ def _check_record(root: Path, where: str, number: int, record: dict) -> Entry | 
         return Problem(where, "missing caption")
     if not isinstance(caption, str) or not caption.strip():
         return Problem(where, "empty caption", repr(caption))
+    # Inside the dataset as written ("..", absolute paths refused); a symlinked folder in it may live elsewhere.
+    path = Path(os.path.normpath(root / video))
     try:
-        resolved = (root / video).resolve()
-        inside = resolved.is_relative_to(root)
-        found = inside and resolved.is_file()
+        if "\x00" in video:
+            raise ValueError("embedded null byte")  # is_file() would only say False
+        inside = path.is_relative_to(root)
+        found = inside and path.is_file()
     except (OSError, ValueError) as error:  # a NUL byte in the path, a name longer than the file system allows
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return Problem(where, "invalid video path", f"{reason}: {video!r}")
@@ -154,7 +158,7 @@ def _check_record(root: Path, where: str, number: int, record: dict) -> Entry | 
         return Problem(where, "path outside dataset", video)
     if not found:
         return Problem(where, "file not found", video)
-    return Entry(video=resolved, caption=caption.strip(), line=number)
+    return Entry(video=path, caption=caption.strip(), line=number)
 
 
 def load_entries(root: str | Path) -> tuple[list[Entry], list[Problem]]:

@@ -7,9 +7,12 @@
 
 Writes per sample `<slug>_<seed>_<i>.mp4` (at the final frame rate), `.gif` and `<slug>_<seed>_<i>_sheet.png` (key
 frames on the first row, then all frames in rows of up to 9, or 17 for videos of more than 18 frames), and a
-`samples.json` listing them. Every user error (a knob out of range, an unknown frame rate, too many rounds, an empty
-or over-long prompt, a missing or mismatched bundle, an unreadable video) stops the run before any generation with
-exit code 2 and a one-line message naming the problem, its allowed range and the fix.
+`samples.json` listing them. An --out that already holds a `samples.json` (an earlier run) is refused unless
+--overwrite is given, which replaces that run: its listed files that this run does not rewrite are removed once the
+new listing is written. Every user error (a knob out of range, an unknown frame rate, too many rounds, an empty,
+invisible or over-long prompt, a prompts file that is not UTF-8, an --out that cannot be a directory or holds an
+earlier run, a missing or mismatched bundle, an unreadable video) stops the run before any generation with exit code 2
+and a one-line message naming the problem, its allowed range and the fix.
 
 Takes a bundle directory and sampling knobs only (`cogvideo_lite/bundle.py`); everything else is rebuilt from it.
 Knobs left out take the bundle's recommended values (its `sampling.json`, if any), else the built-in defaults.
@@ -20,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
+import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,6 +45,9 @@ logger = logging.getLogger("sample")
 SHEET_ROW_LENGTHS = (9, 17)  # a contact sheet row holds the frames of one 8 fps second (+1), or of two
 SLUG_LENGTH = 48  # characters of the prompt kept in file names
 EXAMPLE_PROMPT = "a red circle moves left slowly"
+INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
+LISTING = "samples.json"  # what a run writes last; its presence marks --out as holding an earlier run
+OUTPUT_KINDS = ("mp4", "gif", "sheet")  # the files written per video, keys of its samples.json entry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True, help="sampling bundle (python -m cogvideo_lite.bundle)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace the earlier run in --out (its {LISTING} and the files listed there)")
     parser.add_argument("--prompt", action="append", default=[], help="a caption (repeatable)")
     parser.add_argument("--prompts", type=Path, help="file with one caption per line (blank lines ignored)")
     parser.add_argument("--fps", type=int, help="key-frame rate (default: the lowest configured rate)")
@@ -85,21 +95,62 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return knobs
 
 
-def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
-    for index, prompt in enumerate(prompts):
-        if not prompt.strip():
-            parser.error(f"--prompt number {index + 1} is empty; give a caption like --prompt '{EXAMPLE_PROMPT}'")
+def is_blank(text: str) -> bool:
+    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
+
+
+def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(where, caption) per prompt; `where` names it in messages: '--prompt number 2', '--prompts FILE line 5'."""
+    prompts = []
+    for number, prompt in enumerate(args.prompt, start=1):
+        if is_blank(prompt):
+            parser.error(f"--prompt number {number} is empty; give a caption like --prompt '{EXAMPLE_PROMPT}'")
+        prompts.append((f"--prompt number {number}", prompt))
     if args.prompts is not None:
-        if not args.prompts.is_file():
-            parser.error(f"--prompts {args.prompts}: no such file; give a text file with one caption per line")
-        from_file = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
-        if not from_file:
-            parser.error(f"--prompts {args.prompts}: no captions (only blank lines); write one caption per line")
-        prompts += from_file
+        prompts += read_prompts_file(parser, args.prompts)
     if not prompts:
         parser.error(f"no prompt given; add --prompt '{EXAMPLE_PROMPT}' or --prompts FILE")
     return prompts
+
+
+def read_prompts_file(parser: argparse.ArgumentParser, path: Path) -> list[tuple[str, str]]:
+    """(where, caption) per non-blank line of a UTF-8 file (with or without a byte-order mark)."""
+    if not path.is_file():
+        parser.error(f"--prompts {path}: no such file; give a text file with one caption per line")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
+    except UnicodeDecodeError as error:
+        parser.error(f"--prompts {path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                     f"{error.start}); save the file as UTF-8")
+    except OSError as error:
+        parser.error(f"--prompts {path}: cannot be read ({error.strerror}); give a readable text file")
+    prompts = [(f"--prompts {path} line {number}", line.strip())
+               for number, line in enumerate(text.split("\n"), start=1) if not is_blank(line)]  # as editors count
+    if not prompts:
+        parser.error(f"--prompts {path}: no captions (only blank lines); write one caption per line")
+    return prompts
+
+
+def check_out(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--out must be a directory, or creatable as one, that we may write in and that holds no earlier run (its
+    samples.json) unless --overwrite is given. Nothing is created here: see make_out."""
+    existing = next(path for path in (args.out, *args.out.parents) if path.exists())  # '.' or '/' at the latest
+    if not existing.is_dir():
+        parser.error(f"--out {args.out}: {existing} is not a directory; give a directory path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"--out {args.out}: no permission to write in {existing}; choose another --out")
+    if (args.out / LISTING).exists() and not args.overwrite:
+        parser.error(f"--out {args.out}: already holds an earlier run's samples ({LISTING}); choose another --out, "
+                     "or pass --overwrite to replace them")
+
+
+def make_out(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Create --out after every check has passed (so a refused run leaves nothing) and before any generation."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {out}: cannot create it ({error.strerror}); choose another --out")
 
 
 def choose_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
@@ -132,14 +183,18 @@ def choose_rate_and_rounds(parser: argparse.ArgumentParser, args: argparse.Names
     return rate, rounds
 
 
-def check_prompt_lengths(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[str]) -> None:
-    for prompt in prompts:
+def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[tuple[str, str]]) -> None:
+    """Each caption must give 1..text_length text tokens and hold no special token's text."""
+    for where, prompt in prompts:
         try:
             pipeline.text.encode_padded(prompt, pipeline.text_length)
         except PromptTooLong as error:
-            parser.error(f"--prompt: {error}; shorten it")
+            parser.error(f"{where}: {error}; shorten it")
         except ValueError as error:
-            parser.error(f"--prompt: {error}; remove that text from the caption")
+            parser.error(f"{where}: {error}; remove that text from the caption")
+        if not pipeline.text.encode(prompt):  # it would sample an unconditional video
+            parser.error(f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption "
+                         f"like '{EXAMPLE_PROMPT}'")
 
 
 def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline: Pipeline,
@@ -197,7 +252,7 @@ def write_videos(out: Path, videos: list[Video], prompts: list[str]) -> list[dic
     entries = []
     for number, video in enumerate(videos):
         stem = f"{slugs[number // num_samples]}_{video.seed}_{video.sample_index}"
-        paths = {"mp4": out / f"{stem}.mp4", "gif": out / f"{stem}.gif", "sheet": out / f"{stem}_sheet.png"}
+        paths = dict(zip(OUTPUT_KINDS, (out / f"{stem}.mp4", out / f"{stem}.gif", out / f"{stem}_sheet.png")))
         write_mp4(paths["mp4"], video.frames, video.fps)
         write_gif(paths["gif"], video.frames, video.fps)
         write_png(paths["sheet"], contact_sheet(sheet_rows(video)))
@@ -208,13 +263,33 @@ def write_videos(out: Path, videos: list[Video], prompts: list[str]) -> list[dic
     return entries
 
 
+def listed_files(out: Path) -> set[str]:
+    """Names of the files that an earlier run's samples.json in `out` lists: what --overwrite replaces."""
+    try:
+        samples = json.loads((out / LISTING).read_text())["samples"]
+        names = {sample[kind] for sample in samples for kind in OUTPUT_KINDS}
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one this script wrote: remove nothing
+        return set()
+    return {name for name in names if isinstance(name, str) and Path(name).name == name}  # bare names, in `out`
+
+
+def write_listing(out: Path, listing: dict, replaced: set[str]) -> None:
+    """Write samples.json (whole, or not at all), then remove the `replaced` files this run did not rewrite."""
+    temporary = out / f"{LISTING}.tmp"
+    temporary.write_text(json.dumps(listing, indent=2) + "\n")
+    temporary.replace(out / LISTING)
+    written = {sample[kind] for sample in listing["samples"] for kind in OUTPUT_KINDS}
+    for name in sorted(replaced - written):
+        if (out / name).is_file():  # not '..' nor a directory
+            (out / name).unlink()
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     prompts = read_prompts(parser, args)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out}: is a file; give a directory")
+    check_out(parser, args)
     device = choose_device(parser, args.device)
     pipeline = load_pipeline(parser, args.ckpt, device)
     fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
@@ -222,22 +297,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if error := missing_expert(args, pipeline.expert is not None):
         parser.error(error)
     rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
-    check_prompt_lengths(parser, pipeline, prompts)
+    check_prompt_tokens(parser, pipeline, prompts)
     given = read_given_codes(parser, args, pipeline, rate)
+    make_out(parser, args.out)
+    captions = [prompt for _, prompt in prompts]
 
     logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
                 args.num_samples, rate, rounds, rate * 2 ** rounds, device)
     rounds_knobs = interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)
-    videos = generate_videos(pipeline, prompts, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
+    videos = generate_videos(pipeline, captions, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
                              batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given,
                              interpolation_knobs=rounds_knobs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    entries = write_videos(args.out, videos, prompts)
+    replaced = listed_files(args.out)  # empty unless --overwrite let an earlier run's listing through check_out
+    entries = write_videos(args.out, videos, captions)
     listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs),
                "interpolation_knobs": asdict(rounds_knobs), "key_rate": rate, "rounds": rounds,
                "seed": args.seed, "use_cache": not args.no_cache, "samples": entries}
-    (args.out / "samples.json").write_text(json.dumps(listing, indent=2) + "\n")
-    print(f"wrote {len(entries)} video(s) to {args.out} (listed in {args.out / 'samples.json'})")
+    write_listing(args.out, listing, replaced)
+    print(f"wrote {len(entries)} video(s) to {args.out} (listed in {args.out / LISTING})")
     return entries
 
 

@@ -254,8 +254,12 @@ def read_prompts(parser: argparse.ArgumentParser, path: Path | None) -> list[str
         return all_captions()
     if not path.is_file():
         parser.error(f"--prompts {path}: no such file; give a text file with one caption per line")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first caption
+    except UnicodeDecodeError as error:
+        parser.error(f"--prompts {path}: not UTF-8 text (at byte offset {error.start}); save the file as UTF-8")
     prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 parse_caption(line)

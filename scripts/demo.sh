@@ -24,7 +24,7 @@ SHIPPED=checkpoints/shapes-tiny
 PROMPTS=configs/demo_prompts.txt
 
 if [ "$FROM_SCRATCH" = 0 ]; then
-    $PY sample.py --ckpt "$SHIPPED" --prompts "$PROMPTS" --out outputs/demo --seed 0  # knobs: its sampling.json
+    $PY sample.py --ckpt "$SHIPPED" --prompts "$PROMPTS" --out outputs/demo --seed 0 --overwrite  # knobs: its sampling.json
     echo "[demo] videos, gifs and contact sheets are in outputs/demo/ (listed in outputs/demo/samples.json)"
     exit 0
 fi
@@ -68,5 +68,5 @@ rm -rf "$RUNS/bundle"
 $PY -m cogvideo_lite.bundle --out "$RUNS/bundle" --tokenizer "$TOKENIZER" --text "$RUNS/shards/text" \
     --image "$RUNS/image/model" --keyframe "$RUNS/keyframe/model" --interpolate "$RUNS/interpolate/model" \
     --recommend top_k=20 --recommend interp_top_k=1
-$PY sample.py --ckpt "$RUNS/bundle" --prompts "$PROMPTS" --out outputs/demo-scratch --seed 0
+$PY sample.py --ckpt "$RUNS/bundle" --prompts "$PROMPTS" --out outputs/demo-scratch --seed 0 --overwrite
 echo "[demo] from-scratch videos are in outputs/demo-scratch/; the bundle is $RUNS/bundle"

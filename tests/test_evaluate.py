@@ -173,8 +173,11 @@ def test_evaluate_samples_with_the_bundles_recommended_knobs_unless_given(bundle
 def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red circle moves left slowly\na red dog runs\n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("a red circle moves left slowly caf\u00e9\n".encode("latin-1"))
     cases = [
         (["--ckpt", str(bundle), "--prompts", str(prompts)], r"prompts\.txt:2: caption 'a red dog runs'"),
+        (["--ckpt", str(bundle), "--prompts", str(latin)], r"latin\.txt: not UTF-8 text \(at byte offset 34\)"),
         ([], "nothing to evaluate"),
         (["--ckpt", str(bundle), "--i3d", str(tmp_path / "i3d.pt")], "give --ckpt and --reference too"),
         (["--ckpt", str(bundle), "--reference", str(shapes_dataset), "--inception", str(tmp_path / "x.pt")],

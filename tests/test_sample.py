@@ -168,7 +168,8 @@ def test_each_invalid_input_fails_before_writing_anything(bundle, clip, tmp_path
         (["--fps", "3"], "--fps 3: not a configured key-frame rate; choose one of 1, 2, 4, 8"),
         (["--prompt", ""], "--prompt number 2 is empty"),
         (["--prompts", str(empty_prompts)], "no captions"),
-        (["--prompt", long_prompt], r"--prompt: caption needs 15 text tokens but the text length is 8: .*; shorten it"),
+        (["--prompt", long_prompt],
+         r"--prompt number 2: caption needs 15 text tokens but the text length is 8: .*; shorten it"),
         (["--init-video", str(not_a_video)], f"--init-video {not_a_video}: .*not a video"),
         (["--init-video", str(clip[0]), "--init-frames", "6"], r"--init-frames 6: must be in 1..5"),
         (["--init-frames", "2"], "--init-frames has no effect without --init-video"),
@@ -186,6 +187,81 @@ def test_each_invalid_input_fails_before_writing_anything(bundle, clip, tmp_path
         run_sample([], bundle, tmp_path / "out")
     assert raised.value.code == 2 and "no prompt given" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def user_error(arguments: list[str], bundle: Path, out: Path, capsys) -> str:
+    """Run sample.py expecting a user error: exit code 2 and one line on stderr, returned without its prefix."""
+    with pytest.raises(SystemExit) as raised:
+        run_sample(arguments, bundle, out)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert raised.value.code == 2 and lines[-1].startswith("sample.py: error: "), lines
+    return lines[-1].removeprefix("sample.py: error: ")
+
+
+def test_blank_looking_or_tokenless_prompts_are_refused_naming_them(bundle, tmp_path, capsys):
+    out = tmp_path / "out"
+    hint = f"give a caption like --prompt '{PROMPT}'"
+    for invisible in ("\u200b", "\ufeff", " \u2060\t", "\u200e\u00a0"):  # zero-width space, BOM, joiner, marks
+        assert user_error(["--prompt", PROMPT, "--prompt", invisible], bundle, out, capsys) == (
+            f"--prompt number 2 is empty; {hint}")
+    assert user_error(["--prompt", "\u2581"], bundle, out, capsys) == (  # sentencepiece's own space mark
+        f"--prompt number 1 is empty to the text model ('\u2581' gives no text tokens); give a caption like '{PROMPT}'")
+    listed = tmp_path / "listed.txt"
+    listed.write_text(f"\ufeff\n{PROMPT}\n\u200b\n\ufffd\n", encoding="utf-8")  # line 4: no tokens
+    assert user_error(["--prompts", str(listed)], bundle, out, capsys) == (
+        f"--prompts {listed} line 4 is empty to the text model ('\ufffd' gives no text tokens); "
+        f"give a caption like '{PROMPT}'")
+    invisible_only = tmp_path / "invisible.txt"
+    invisible_only.write_text("\u200b\n\ufeff\n", encoding="utf-8-sig")
+    assert user_error(["--prompts", str(invisible_only)], bundle, out, capsys) == (
+        f"--prompts {invisible_only}: no captions (only blank lines); write one caption per line")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes(f"{PROMPT}\na caf\u00e9 circle\n".encode("latin-1"))
+    assert user_error(["--prompts", str(latin1)], bundle, out, capsys) == (
+        f"--prompts {latin1}: not UTF-8 text (byte 0xe9 at offset {len(PROMPT) + 6}); save the file as UTF-8")
+    assert not out.exists()
+
+
+def test_a_prompts_file_with_a_byte_order_mark_reads_its_captions_by_line(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text(f"\n{PROMPT}\r\n \u200b\na blue square moves up quickly\n", encoding="utf-8-sig")
+    args = sample.build_parser().parse_args(["--ckpt", "b", "--out", "o", "--prompts", str(path)])
+    assert sample.read_prompts(sample.build_parser(), args) == [
+        (f"--prompts {path} line 2", PROMPT), (f"--prompts {path} line 4", "a blue square moves up quickly")]
+
+
+def test_an_out_that_cannot_be_a_directory_is_refused_before_generating(bundle, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me\n")
+    for out in (notes, notes / "sub"):
+        assert user_error(["--prompt", PROMPT], bundle, out, capsys) == (
+            f"--out {out}: {notes} is not a directory; give a directory path")
+    assert notes.read_text() == "keep me\n"
+
+
+def test_an_out_holding_an_earlier_run_is_kept_unless_overwrite_replaces_it(bundle, tmp_path, capsys):
+    out = tmp_path / "out"
+    arguments = ["--prompt", PROMPT, "--fps", "4", "--rounds", "0"]
+    first = run_sample(arguments + ["--seed", "1"], bundle, out)
+    (out / "notes.txt").write_text("mine\n")  # not a sample: --overwrite leaves it
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    result = run_script(["sample.py", "--ckpt", str(bundle), "--out", str(out), "--seed", "2"] + arguments,
+                        check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"sample.py: error: --out {out}: already holds an earlier run's samples (samples.json); choose another "
+        "--out, or pass --overwrite to replace them")
+    assert user_error(arguments + ["--overwrite", "--temperature", "0"], bundle, out, capsys).startswith(
+        "--temperature 0.0")  # a refused --overwrite run replaces nothing
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+    second = run_sample(arguments + ["--seed", "2", "--overwrite"], bundle, out)
+    listing = json.loads((out / "samples.json").read_text())
+    assert listing["seed"] == 2 and listing["samples"] == second
+    new_files = {second[0][kind] for kind in ("mp4", "gif", "sheet")}
+    assert {path.name for path in out.iterdir()} == new_files | {"samples.json", "notes.txt"}
+    assert not new_files & {first[0][kind] for kind in ("mp4", "gif", "sheet")}
+    assert (out / "notes.txt").read_text() == "mine\n"
 
 
 def test_missing_or_wrong_checkpoint_directory(bundle, tmp_path, capsys):

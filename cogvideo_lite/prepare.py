@@ -14,7 +14,10 @@ at which `num_frames` frames fit, and `clips_per_rate` clips per rate, with the 
 Resumable: every sample records its position in the plan, so a re-run with the same arguments and tokenizers
 continues after the last complete part. Parts are multiples of the batch size, so every batch of a resumed run
 holds the same clips as in an uninterrupted run and the shards come out identical. A run over a directory made
-with other arguments, tokenizers or captions is refused by ShardWriter naming what differs.
+with other arguments, tokenizers or captions is refused by ShardWriter naming what differs; a run whose plan no
+longer starts with the clips already written (a video removed, added, repaired or broken since) is refused naming
+the first clip that differs, since continuing would lose or repeat clips. The directory's copy of the text model
+(`text/`) is replaced while no part exists yet, and a copy that differs from `--text` once parts exist is refused.
 
 What it does not know: how videos are decoded or probed (data/video.py, data/datasets.py), how the VQVAE works,
 how training reads the shards. Where the idea comes from: DESIGN.md §6, and LlamaGen's code-extraction step.
@@ -23,10 +26,12 @@ how training reads the shards. Where the idea comes from: DESIGN.md §6, and Lla
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +41,23 @@ from tqdm import tqdm
 from cogvideo_lite.data.captions import Problem, find_captions_file
 from cogvideo_lite.data.datasets import ClipDataset, ClipSample
 from cogvideo_lite.data.video import BadVideo, choose_start
-from cogvideo_lite.shards import CODES_DTYPE, TEXT_COPY, ShardError, ShardWriter
-from cogvideo_lite.text import DEFAULT_RATES, TextTokenizer, check_rates, parse_rates, sha256_of_file
+from cogvideo_lite.shards import (
+    CODES_DTYPE,
+    META_FILE,
+    TEXT_COPY,
+    ShardError,
+    ShardWriter,
+    complete_part_directories,
+    read_sources,
+)
+from cogvideo_lite.text import (
+    DEFAULT_RATES,
+    TEXT_SPEC_FILE,
+    TextTokenizer,
+    check_rates,
+    parse_rates,
+    sha256_of_file,
+)
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 from tokenizer.model import VQVAE
 
@@ -100,23 +120,33 @@ class PrepareSummary:
                 f"{state}; skipped: {skipped}")
 
 
+class InputError(ValueError):
+    """An input folder of the run, named by its PrepareConfig field (data, tokenizer, text, out), is unusable."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem = name, problem
+
+
 @dataclass(frozen=True)
 class PlannedClip:
-    """Position `number` of the plan: a fixed clip of a usable video with its text ids."""
+    """Position `number` of the plan: a fixed clip of a usable video, its text ids, and `record`, what the
+    sample's line in source.jsonl says (video relative to the dataset, start, rate, caption, plan number)."""
 
     number: int
     clip: ClipSample
     text: tuple[int, ...]
+    record: dict
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Plan
 # ----------------------------------------------------------------------------------------------------------------
 
-def plan_clips(dataset: ClipDataset, text_tokenizer: TextTokenizer, config: PrepareConfig,
+def plan_clips(dataset: ClipDataset, text_tokenizer: TextTokenizer, config: PrepareConfig, data: Path,
                problems: list[Problem]) -> list[PlannedClip]:
     """The fixed list of clips to encode, in order; a caption the text tokenizer refuses skips its video."""
-    plan = []
+    plan: list[PlannedClip] = []
     for index, source in enumerate(dataset.sources):
         try:
             text = tuple(text_tokenizer.encode_padded(source.entry.caption, config.text_length))
@@ -128,8 +158,31 @@ def plan_clips(dataset: ClipDataset, text_tokenizer: TextTokenizer, config: Prep
             for clip in range(config.clips_per_rate):
                 rng = np.random.default_rng([config.seed, index, rate, clip])
                 start = choose_start(source.info.duration, config.num_frames, rate, rng)
-                plan.append(PlannedClip(len(plan), ClipSample(index, rate, start), text))
+                record = {"video": str(source.entry.video.relative_to(data)), "start": start, "rate": rate,
+                          "caption": source.entry.caption, "plan": len(plan)}
+                plan.append(PlannedClip(len(plan), ClipSample(index, rate, start), text, record))
     return plan
+
+
+def check_written_clips(plan: list[PlannedClip], directory: Path, data: Path) -> int:
+    """Every sample already in the complete parts of `directory` must be the plan entry it records, else ShardError
+    naming the first that differs; returns the plan number to continue from. The plan numbers the clips of the
+    videos usable now, so a video removed, added, repaired or broken since the parts were written shifts it."""
+    written = [(part.name, record) for part in complete_part_directories(directory) for record in read_sources(part)]
+    for sample, (part, record) in enumerate(written):
+        number = record.get("plan")
+        expected = plan[number].record if isinstance(number, int) and 0 <= number < len(plan) else None
+        if record == expected:
+            continue
+        now = (f"plan entry {number} is now {json.dumps(expected)}" if expected
+               else f"the plan now has only {len(plan)} entries")
+        raise ShardError(
+            f"token shards at {directory} were started from other clips than {data} gives now: sample {sample} "
+            f"({part}) is {json.dumps(record)}, but {now}. The usable videos changed since these parts were written "
+            f"(a video removed, added, repaired or broken; the warnings above name those skipped now), so continuing "
+            f"would lose or repeat clips. Restore the dataset as it was, or start again in a new output directory "
+            f"(--out) or after deleting {directory}")
+    return written[-1][1]["plan"] + 1 if written else 0
 
 
 def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer) -> dict:
@@ -151,15 +204,57 @@ def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: Te
     }
 
 
-def copy_text_model(source: Path, target: Path) -> None:
-    """Keep the text model inside the shard directory: training stages read it from there, so the shards and
-    the text ids they hold can never be paired with another text model."""
+def copied_model_sha256(copy: Path) -> str | None:
+    """sha256 of the model file that the text tokenizer directory `copy` names; None if it cannot be read."""
+    try:
+        return sha256_of_file(copy / json.loads((copy / TEXT_SPEC_FILE).read_text())["model_file"])
+    except (OSError, ValueError, KeyError, TypeError):  # missing or malformed text.json, missing model file
+        return None
+
+
+def copy_text_model(source: Path, target: Path, model_sha256: str, parts: int) -> None:
+    """Keep the text model (sha256 `model_sha256`) inside the shard directory: training stages read it from there,
+    so the shards and the text ids they hold can never be paired with another text model. A copy of another model
+    is replaced while no part is written (a run that stopped before its first part left it); with `parts` written,
+    it is refused."""
     if target.exists():
-        return
+        existing = copied_model_sha256(target)
+        if existing == model_sha256:
+            return
+        if parts:
+            raise ShardError(
+                f"{target} holds a text model with sha256 {existing}, but the {parts} part(s) in {target.parent} hold "
+                f"the text ids of text model {source} (sha256 {model_sha256}, as {target.parent / META_FILE} "
+                f"records); the copy was changed after they were written. Copy {source} to {target} again, "
+                f"or start again in a new output directory")
+        logger.info("replacing %s (text model sha256 %s, left by a run that wrote no part) with %s (sha256 %s)",
+                    target, existing, source, model_sha256)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
+
+
+def open_inputs(config: PrepareConfig, device: str) -> tuple[VQVAE, TextTokenizer]:
+    """Check the dataset and output folders and load both tokenizers; InputError names the unusable input."""
+    if not Path(config.data).is_dir():
+        raise InputError("data", f"{config.data} is not a folder")
+    try:
+        find_captions_file(Path(config.data))
+    except (OSError, ValueError) as error:
+        raise InputError("data", str(error)) from None
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise InputError("out", f"{config.out} exists and is not a folder")
+    try:
+        text_tokenizer = TextTokenizer.load(config.text)
+    except (OSError, ValueError) as error:
+        raise InputError("text", f"{config.text} is not a text tokenizer directory: {error}") from None
+    try:
+        frame_tokenizer = load_tokenizer(config.tokenizer, device=device).eval()  # eval: the codebook must not move
+    except (OSError, ValueError) as error:
+        raise InputError("tokenizer", f"{config.tokenizer} is not a frame tokenizer directory: {error}") from None
+    return frame_tokenizer, text_tokenizer
 
 
 def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: TextTokenizer) -> None:
@@ -177,17 +272,15 @@ def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokeniz
 # ----------------------------------------------------------------------------------------------------------------
 
 def encode_and_write(batch: list[tuple[PlannedClip, dict]], frame_tokenizer: VQVAE, writer: ShardWriter,
-                     data: Path, steady_margin: float = 0.0) -> None:
+                     steady_margin: float = 0.0) -> None:
     """Encode the frames of a batch of read clips and append the samples to the writer."""
     if not batch:
         return
     device = next(frame_tokenizer.parameters()).device
     frames = torch.stack([item["frames"] for _, item in batch]).to(device)  # (B, T, 3, S, S) in [-1, 1]
     codes = frame_tokenizer.encode(frames, steady_margin).cpu()  # (B, T, h, w) int64, under torch.no_grad
-    for (planned, item), sample_codes in zip(batch, codes):
-        source = {"video": str(Path(item["video"]).relative_to(data)), "start": planned.clip.start,
-                  "rate": planned.clip.rate, "caption": item["caption"], "plan": planned.number}
-        writer.add(sample_codes.numpy(), np.array(planned.text), planned.clip.rate, source)
+    for (planned, _), sample_codes in zip(batch, codes):
+        writer.add(sample_codes.numpy(), np.array(planned.text), planned.clip.rate, planned.record)
 
 
 def prepare(config: PrepareConfig, max_parts: int | None = None, progress: bool = True,
@@ -200,11 +293,11 @@ def prepare(config: PrepareConfig, max_parts: int | None = None, progress: bool 
     """
     data = Path(config.data).resolve()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    frame_tokenizer = load_tokenizer(config.tokenizer, device=device).eval()  # eval: the codebook must not move
-    text_tokenizer = TextTokenizer.load(config.text)
+    frame_tokenizer, text_tokenizer = open_inputs(config, device)
     check_tokenizers(config, frame_tokenizer, text_tokenizer)
     writer = ShardWriter(config.out, shard_meta(config, frame_tokenizer, text_tokenizer), config.part_size)
-    copy_text_model(Path(config.text), Path(config.out) / TEXT_COPY)
+    copy_text_model(Path(config.text), Path(config.out) / TEXT_COPY, text_tokenizer.spec["model_sha256"],
+                    writer.num_parts)
     summary = PrepareSummary()
     if not writer.is_complete:
         run_plan(config, data, frame_tokenizer, text_tokenizer, writer, summary, max_parts, progress)
@@ -219,10 +312,10 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
     dataset = ClipDataset(data, config.num_frames, list(config.rates), frame_tokenizer.config.image_size,
                           seed=config.seed, progress=progress)
     summary.problems.extend(dataset.report.problems)
-    plan = plan_clips(dataset, text_tokenizer, config, summary.problems)
+    plan = plan_clips(dataset, text_tokenizer, config, data, summary.problems)
     if not plan:
         raise ValueError(f"no usable clips in {data}: {summary.describe()}")
-    first = writer.last_source["plan"] + 1 if writer.last_source else 0
+    first = check_written_clips(plan, writer.directory, data)
     parts_before = writer.num_parts
     batch: list[tuple[PlannedClip, dict]] = []
     for planned in tqdm(plan[first:], desc="prepare", disable=not progress):
@@ -233,12 +326,12 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
             logger.warning("skipping clip %d of %s: %s", planned.number, error.path, error)
             continue
         if len(batch) == config.batch_size:
-            encode_and_write(batch, frame_tokenizer, writer, data, config.steady_margin)
+            encode_and_write(batch, frame_tokenizer, writer, config.steady_margin)
             summary.written += len(batch)
             batch = []
             if max_parts is not None and writer.num_parts - parts_before >= max_parts:
                 return
-    encode_and_write(batch, frame_tokenizer, writer, data, config.steady_margin)
+    encode_and_write(batch, frame_tokenizer, writer, config.steady_margin)
     summary.written += len(batch)
     writer.close()
 
@@ -247,6 +340,21 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
+def rates_argument(text: str) -> tuple[int, ...]:
+    """--rates: parse_rates, with its reason shown by argparse."""
+    try:
+        return parse_rates(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def in_option_names(message: str) -> str:
+    """A PrepareConfig error in command-line terms: 'part_size=10' becomes '--part-size 10'."""
+    for name in (item.name for item in fields(PrepareConfig)):
+        message = re.sub(rf"\b{name}=", f"--{name.replace('_', '-')} ", message)
+    return message.removeprefix("invalid PrepareConfig: ")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Encode a dataset once into token shards for the transformer.")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder with a captions file")
@@ -254,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", type=Path, required=True, help="text tokenizer directory")
     parser.add_argument("--out", type=Path, required=True, help="shard directory to write or continue")
     parser.add_argument("--num-frames", type=int, default=PrepareConfig.num_frames)
-    parser.add_argument("--rates", type=parse_rates, default=DEFAULT_RATES, help="frame rates, e.g. 1,2,4,8")
+    parser.add_argument("--rates", type=rates_argument, default=DEFAULT_RATES, help="frame rates, e.g. 1,2,4,8")
     parser.add_argument("--clips-per-rate", type=int, default=PrepareConfig.clips_per_rate)
     parser.add_argument("--batch-size", type=int, default=PrepareConfig.batch_size)
     parser.add_argument("--text-length", type=int, default=PrepareConfig.text_length)
@@ -267,12 +375,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="device of the frame tokenizer (default: cuda if available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    config = PrepareConfig(data=args.data, tokenizer=args.tokenizer, text=args.text, out=args.out,
-                           num_frames=args.num_frames, rates=args.rates, clips_per_rate=args.clips_per_rate,
-                           batch_size=args.batch_size, text_length=args.text_length, seed=args.seed,
-                           part_size=args.part_size, steady_margin=args.steady_margin)
+    try:
+        config = PrepareConfig(data=args.data, tokenizer=args.tokenizer, text=args.text, out=args.out,
+                               num_frames=args.num_frames, rates=args.rates, clips_per_rate=args.clips_per_rate,
+                               batch_size=args.batch_size, text_length=args.text_length, seed=args.seed,
+                               part_size=args.part_size, steady_margin=args.steady_margin)
+    except ValueError as error:
+        parser.error(in_option_names(str(error)))
     try:
         print(prepare(config, device=args.device).describe())
+    except InputError as error:
+        parser.error(f"argument --{error.name}: {error.problem}")
     except (ShardError, ValueError) as error:
         raise SystemExit(f"prepare: {error}") from None
 

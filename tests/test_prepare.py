@@ -1,6 +1,7 @@
 """Tests of the prepare step on real mp4 files, a real (randomly initialised) VQVAE and a real sentencepiece model."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,9 @@ import torch
 from cogvideo_lite.data.media import write_mp4
 from cogvideo_lite.data.shapes import ClipSpec, all_captions, generate
 from cogvideo_lite.data.video import read_clip
-from cogvideo_lite.prepare import PrepareConfig, prepare
+from cogvideo_lite.prepare import PrepareConfig, main, prepare
 from cogvideo_lite.shards import ShardError, TokenShards
-from cogvideo_lite.text import TextTokenizer, train_text_model
+from cogvideo_lite.text import TextTokenizer, sha256_of_file, train_text_model
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.model import VQVAE
@@ -54,6 +55,19 @@ def make_config(dataset, tokenizers, out, **changes) -> PrepareConfig:
     settings = dict(data=dataset, tokenizer=tokenizers[0], text=tokenizers[1], out=out, num_frames=5, rates=RATES,
                     clips_per_rate=1, batch_size=2, text_length=8, seed=0, part_size=4)
     return PrepareConfig(**{**settings, **changes})
+
+
+def only_bad_dataset(dataset: Path, root: Path) -> Path:
+    """A dataset folder whose one video is corrupt: prepare stops with 'no usable clips' before writing a part."""
+    root.mkdir()
+    shutil.copy(dataset / "clips" / "corrupt.mp4", root / "corrupt.mp4")
+    (root / "captions.jsonl").write_text(json.dumps({"video": "corrupt.mp4", "caption": "a red circle"}) + "\n")
+    return root
+
+
+def part_files(out: Path) -> dict[str, bytes]:
+    """Every file of every part of a shard directory, by its path inside the directory."""
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.glob("part-*/*"))}
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +138,7 @@ def test_config_and_rate_errors_are_clear(dataset, tokenizers, tmp_path):
 
 
 def test_a_dataset_without_usable_clips_is_an_error_that_writes_nothing(dataset, tokenizers, tmp_path):
-    only_bad = tmp_path / "bad"
-    only_bad.mkdir()
-    shutil.copy(dataset / "clips" / "corrupt.mp4", only_bad / "corrupt.mp4")
-    (only_bad / "captions.jsonl").write_text(json.dumps({"video": "corrupt.mp4", "caption": "a red circle"}) + "\n")
+    only_bad = only_bad_dataset(dataset, tmp_path / "bad")
     with pytest.raises(ValueError, match=r"no usable clips in .*bad: .*skipped: 1 corrupt or truncated video"):
         prepare(make_config(only_bad, tokenizers, tmp_path / "shards"), progress=False, device="cpu")
     assert not (tmp_path / "shards" / "meta.json").exists()
@@ -153,3 +164,92 @@ def test_steady_codes_flicker_less_and_are_recorded(prepared, dataset, tokenizer
     assert changes["steady"] < changes["plain"]
     with pytest.raises(ValueError, match="steady_margin=-0.1: expected a cosine margin"):
         make_config(dataset, tokenizers, tmp_path / "x", steady_margin=-0.1)
+
+
+def test_resume_refuses_when_an_encoded_video_was_removed(dataset, tokenizers, tmp_path):
+    """The plan numbers the clips of the videos usable now: removing an encoded video shifts every later entry, so
+    continuing after plan entry 3 would silently drop a video. Refused naming the first differing sample."""
+    data = shutil.copytree(dataset, tmp_path / "data")
+    out = tmp_path / "shards"
+    config = make_config(data, tokenizers, out)
+    prepare(config, max_parts=1, progress=False, device="cpu")  # part-00000: plan 0-3, the 4 rates of 000000.mp4
+    written = part_files(out)
+    (data / "clips" / "000000.mp4").unlink()
+    with pytest.raises(ShardError, match=r'sample 0 \(part-00000\) is \{"video": "clips/000000\.mp4".*"plan": 0\}, '
+                                         r'but plan entry 0 is now \{"video": "clips/000001\.mp4".*Restore the dataset'):
+        prepare(config, progress=False, device="cpu")
+    assert part_files(out) == written and json.loads((out / "meta.json").read_text())["num_samples"] is None
+
+
+def test_resume_refuses_when_a_skipped_video_was_repaired(dataset, tokenizers, tmp_path):
+    """The reverse: a video unusable in the first run and repaired before the second inserts its clips before ones
+    already written; continuing after them would encode 000002.mp4 a second time."""
+    data = shutil.copytree(dataset, tmp_path / "data")
+    video = data / "clips" / "000001.mp4"
+    original = video.read_bytes()
+    video.write_bytes(original[: len(original) // 3])  # truncated: skipped by the scan
+    config = make_config(data, tokenizers, tmp_path / "shards")
+    first = prepare(config, max_parts=2, progress=False, device="cpu")  # parts: 000000.mp4, then 000002.mp4
+    assert [problem.path for problem in first.problems if "000001" in problem.path] == [str(video)]
+    video.write_bytes(original)
+    with pytest.raises(ShardError, match=r'sample 4 \(part-00001\) is \{"video": "clips/000002\.mp4".*'
+                                         r'but plan entry 4 is now \{"video": "clips/000001\.mp4"'):
+        prepare(config, progress=False, device="cpu")
+
+
+def test_resume_after_removing_a_video_not_yet_encoded_equals_a_fresh_run(dataset, tokenizers, tmp_path):
+    """Only the written prefix must match: a change past it is what an uninterrupted run would see too."""
+    data = shutil.copytree(dataset, tmp_path / "data")
+    config = make_config(data, tokenizers, tmp_path / "resumed")
+    prepare(config, max_parts=1, progress=False, device="cpu")
+    (data / "clips" / "000002.mp4").unlink()
+    resumed = prepare(config, progress=False, device="cpu")
+    assert (resumed.written, resumed.total_samples, resumed.complete) == (4, 8, True)
+    prepare(make_config(data, tokenizers, tmp_path / "fresh"), progress=False, device="cpu")
+    assert part_files(tmp_path / "resumed") == part_files(tmp_path / "fresh")
+
+
+def test_a_stale_text_copy_is_replaced_before_the_first_part_and_refused_after(dataset, tokenizers, tmp_path):
+    """A first attempt that wrote no part leaves its text/ copy; a re-run with another --text replaces it, so the
+    shards match their own text model. Once parts exist, a copy of another model is refused naming both sha256."""
+    other_text = tmp_path / "other_text"
+    train_text_model(all_captions()[::3], other_text / "text.model", 1000, RATES)
+    ours, other = sha256_of_file(tokenizers[1] / "text.model"), sha256_of_file(other_text / "text.model")
+    assert ours != other
+    out = tmp_path / "shards"
+    with pytest.raises(ValueError, match="no usable clips"):
+        prepare(make_config(only_bad_dataset(dataset, tmp_path / "bad"), (tokenizers[0], other_text), out),
+                progress=False, device="cpu")
+    assert sha256_of_file(out / "text" / "text.model") == other
+    prepare(make_config(dataset, tokenizers, out), max_parts=1, progress=False, device="cpu")
+    assert sha256_of_file(out / "text" / "text.model") == ours
+    assert json.loads((out / "meta.json").read_text())["text_model_sha256"] == ours
+    shutil.rmtree(out / "text")
+    shutil.copytree(other_text, out / "text")
+    with pytest.raises(ShardError, match=rf"text holds a text model with sha256 {other}, but the 1 part\(s\) .* "
+                                         rf"\(sha256 {ours}, as .*meta\.json records\)"):
+        prepare(make_config(dataset, tokenizers, out), progress=False, device="cpu")
+    assert sha256_of_file(out / "text" / "text.model") == other and len(part_files(out)) == 4
+
+
+def test_command_line_input_errors_name_the_option(dataset, tokenizers, tmp_path, capsys):
+    """Unusable inputs end in one argparse error line (exit 2) naming the option, not a traceback."""
+    out = tmp_path / "out"
+    (tmp_path / "a_file").write_text("")
+    arguments = ["--data", str(dataset), "--tokenizer", str(tokenizers[0]), "--text", str(tokenizers[1]),
+                 "--out", str(out), "--batch-size", "2", "--part-size", "4", "--text-length", "8"]
+    cases = [(["--tokenizer", str(tmp_path)], r"argument --tokenizer: .* is not a frame tokenizer directory: "
+                                              r".*config\.json: tokenizer config file not found"),
+             (["--text", str(tmp_path / "missing")], r"argument --text: .*missing is not a text tokenizer directory: "
+                                                     r"no text tokenizer spec"),
+             (["--data", str(tmp_path)], r"argument --data: .*: no captions file"),
+             (["--out", str(tmp_path / "a_file")], r"argument --out: .*a_file exists and is not a folder"),
+             (["--part-size", "10", "--batch-size", "4"], r"error: --part-size 10: expected a multiple of --batch-size 4"),
+             (["--rates", "1,3"], r"argument --rates: rates \(1, 3\) do not double")]
+    for change, expected in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(arguments + change)  # argparse keeps the last value of a repeated option
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in error, change
+        assert re.search(expected, error.strip().splitlines()[-1]), error
+    assert not out.exists()

@@ -22,7 +22,10 @@ Contracts (`check_contracts`, run by `Pipeline.load` and by the command above, b
 the image export's recorded text-model sha256 equals the text model's; its recorded frame-tokenizer weights
 sha256 equals the sha256 of the tokenizer's model.safetensors and its recorded tokenizer config equals
 config.json; the video stages record the sha256 of THIS image export's model.safetensors, and the same text
-model, frame tokenizer and rates; code grid, codebook size and text vocabulary agree with the layouts.
+model, frame tokenizer and rates; code grid, codebook size and text vocabulary agree with the layouts. Every file of
+every part must also read: malformed JSON or a missing entry in a spec, and a weights file that does not open as
+safetensors (a truncated copy: `safe_open` checks the header against the file size), are refused naming the part and
+the file. A failed command leaves no `DIR.tmp` behind and never touches an existing DIR.
 
 With `--bf16` floating-point weights are stored as bfloat16 (half the size; loading casts them back to
 float32). That changes the weight files, so the command checks the sources' contracts first and then rewrites
@@ -43,13 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, read_spec
+from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch,
+                                        layout_from_dict, read_spec)
 from cogvideo_lite.model.sampling import check_recommended_knobs
 from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
+from tokenizer.config import TokenizerConfig
 from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config
 
 PART_NAMES = ("tokenizer", "text", "image", "keyframe", "interpolate")
@@ -61,12 +66,14 @@ PROVENANCE_FILE = "provenance.json"
 LOGS_DIR = "logs"
 RUN_LOG_FILES = ("metrics.jsonl", "config.yaml")  # what a run directory keeps beside its `model/` export
 CONTRACT_KEYS = ("text", "frame_tokenizer", "rates")  # what every stage spec records about its inputs
+CONTRACT_ENTRIES = {"text": ("model_sha256",), "frame_tokenizer": ("config", "weights_sha256")}  # what the checks read
 WEIGHT_FILES = {"tokenizer": WEIGHTS_FILE, "text": None, "image": FULL_WEIGHTS, "keyframe": TEMPORAL_WEIGHTS,
                 "interpolate": TEMPORAL_WEIGHTS, "expert": FULL_WEIGHTS}
 
 
 class BundleError(ValueError):
-    """A bundle directory that cannot be used: a missing part or a malformed bundle.json."""
+    """A bundle directory that cannot be used: a missing part, a malformed bundle.json, or a part file that cannot
+    be read (malformed JSON, an entry missing, a truncated weights file); the message names the part and the file."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -148,25 +155,84 @@ def _require_file(path: Path, part: str) -> Path:
     return path
 
 
+def _require_weights(path: Path, part: str) -> Path:
+    """A weights file that opens as safetensors: `safe_open` reads the header and refuses a file shorter (truncated)
+    or longer than the tensors it lists, so a cut copy fails here, not at sampling time."""
+    _require_file(path, part)
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as error:
+        raise BundleError(f"part '{part}': {path} is not a readable safetensors file ({error}); "
+                          "truncated or not a weights file?") from None
+    return path
+
+
+def _read_text_spec(directory: Path) -> dict[str, Any]:
+    """The text part's text.json, loaded with its model (whose sha256 and special ids it checks)."""
+    try:
+        return TextTokenizer.load(directory).spec
+    except FileNotFoundError:
+        raise
+    except KeyError as error:
+        raise BundleError(f"part 'text': {directory / TEXT_SPEC_FILE} lacks the entry {error}") from None
+    except (ValueError, TypeError, RuntimeError, OSError) as error:  # malformed JSON, a model sentencepiece refuses
+        raise BundleError(f"part 'text': cannot load {directory / TEXT_SPEC_FILE} and its model ({error})") from None
+
+
+def _read_tokenizer_config(directory: Path) -> TokenizerConfig:
+    try:
+        return load_config(_require_file(directory / CONFIG_FILE, "tokenizer").parent)
+    except FileNotFoundError:
+        raise
+    except ValueError as error:  # malformed JSON or a bad entry; the message names the file
+        raise BundleError(f"part 'tokenizer': {error}") from None
+
+
+def _read_stage_spec(directory: Path, part: str) -> dict[str, Any]:
+    """A stage's generator.json with the entries the contract checks read: malformed JSON or a missing or malformed
+    entry is a BundleError naming the part and the file (another format a CheckpointMismatch, from read_spec)."""
+    path = directory / SPEC_FILE
+    if path.is_file():  # a missing file is refused by read_spec, naming it
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BundleError(f"part '{part}': {path} is not valid JSON ({error})") from None
+        if not isinstance(raw, dict):
+            raise BundleError(f"part '{part}': {path} holds a JSON {type(raw).__name__}, expected an object")
+    spec = read_spec(directory)
+    missing = [key for key in CONTRACT_KEYS + ("layout",) if key not in spec]
+    if missing:
+        raise BundleError(f"part '{part}': {path} lacks the entries {missing}")
+    for key, entries in CONTRACT_ENTRIES.items():
+        if not isinstance(spec[key], dict) or not set(entries) <= set(spec[key]):
+            raise BundleError(f"part '{part}': {path} entry '{key}' must be an object with {list(entries)}, "
+                              f"got {spec[key]!r}")
+    try:
+        layout_from_dict(spec["layout"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"part '{part}': {path} entry 'layout' is malformed "
+                          f"({'lacks ' + str(error) if isinstance(error, KeyError) else error})") from None
+    return spec
+
+
 def _mismatch(where: str, what: str, recorded: Any, found: Any, found_where: str) -> CheckpointMismatch:
     return CheckpointMismatch(f"{where} records {what} {recorded}, but {found_where} has {found}")
 
 
 def check_contracts(parts: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Check that the five parts belong together; return the stage specs by name. Raises CheckpointMismatch
-    naming both values, or BundleError / FileNotFoundError naming a missing file."""
-    text_spec = TextTokenizer.load(parts["text"]).spec  # also checks the model file against text.json
-    tokenizer_weights = _require_file(parts["tokenizer"] / WEIGHTS_FILE, "tokenizer")
-    tokenizer_config = load_config(_require_file(parts["tokenizer"] / CONFIG_FILE, "tokenizer").parent)
-    specs = {name: read_spec(parts[name]) for name in ("image",) + VIDEO_STAGES}
+    """Check that the five parts belong together and that every file of every part can be read (each weights file
+    opened); return the stage specs by name. Raises CheckpointMismatch naming both values, BundleError naming the
+    part and a malformed file, or FileNotFoundError naming a missing one."""
+    text_spec = _read_text_spec(parts["text"])  # also checks the model file against text.json
+    tokenizer_weights = _require_weights(parts["tokenizer"] / WEIGHTS_FILE, "tokenizer")
+    tokenizer_config = _read_tokenizer_config(parts["tokenizer"])
+    specs = {name: _read_stage_spec(parts[name], name) for name in ("image",) + VIDEO_STAGES}
     for name, spec in specs.items():
         if spec.get("stage") != name:
             raise CheckpointMismatch(f"{parts[name]}: a {spec.get('stage')!r} export where the {name} export "
                                      "was expected")
-        _require_file(parts[name] / WEIGHT_FILES[name], name)
-        missing = [key for key in CONTRACT_KEYS if key not in spec]
-        if missing:
-            raise CheckpointMismatch(f"{parts[name] / SPEC_FILE} lacks the contract entries {missing}")
+        _require_weights(parts[name] / WEIGHT_FILES[name], name)
 
     image, image_where = specs["image"], str(parts["image"] / SPEC_FILE)
     text_model = parts["text"] / text_spec["model_file"]
@@ -195,22 +261,22 @@ def check_contracts(parts: dict[str, Path]) -> dict[str, dict[str, Any]]:
                 raise _mismatch(where, key, spec[key], image[key], image_where)
     _check_frame_counts(specs, parts)
     if "expert" in parts:
-        specs["expert"] = check_image_fits(parts["expert"], image, image_where, "the expert")
+        specs["expert"] = check_image_fits(parts["expert"], image, image_where, "expert")
     return specs
 
 
 def check_image_fits(directory: Path, image: dict[str, Any], image_where: str, role: str) -> dict[str, Any]:
     """Another image export (`role`: the bundle's expert, or one probed in its place) must have the same text model,
-    frame tokenizer, rates and layout as the bundle's image export `image` (its weights and model size may differ).
-    Returns its spec."""
-    spec, where = read_spec(directory), str(directory / SPEC_FILE)
+    frame tokenizer, rates and layout as the bundle's image export `image` (its weights and model size may differ),
+    and weights that open. Returns its spec."""
+    spec, where = _read_stage_spec(directory, role), str(directory / SPEC_FILE)
     if spec.get("stage") != "image":
         raise CheckpointMismatch(f"{directory}: a {spec.get('stage')!r} export where an image export ({role}) "
                                  "was expected")
-    _require_file(directory / FULL_WEIGHTS, role)
+    _require_weights(directory / FULL_WEIGHTS, role)
     for key in CONTRACT_KEYS + ("layout",):
-        if spec.get(key) != image[key]:
-            raise _mismatch(where, key, spec.get(key), image[key], image_where)
+        if spec[key] != image[key]:
+            raise _mismatch(where, key, spec[key], image[key], image_where)
     return spec
 
 
@@ -284,7 +350,8 @@ def _point_video_stages_at(root: Path, image_dir: Path) -> None:
 def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
                 recommended_knobs: dict[str, float | int | None] | None = None) -> Path:
     """Copy the five parts into a self-contained bundle at `out` (built under `out.tmp`, renamed at the end), with
-    `recommended_knobs` (checked by `parse_recommendations`) as its sampling.json when given."""
+    `recommended_knobs` (checked by `parse_recommendations`) as its sampling.json when given. An existing `out` is
+    refused and never touched; on any failure `out.tmp` is removed, so nothing half-built is left behind."""
     out = Path(out).resolve()
     if out.exists():
         raise BundleError(f"--out {out} already exists; choose a new directory or remove it")
@@ -293,10 +360,24 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
     for name, path in sources.items():
         if not path.is_dir():
             raise BundleError(f"part '{name}' is missing: {path} is not a directory")
-    check_contracts(sources)  # refuse parts that do not belong together before converting anything
+    check_contracts(sources)  # refuse parts that do not belong together, or do not open, before converting anything
     tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
+    if tmp.exists():  # left by a run that was killed
         shutil.rmtree(tmp)
+    try:
+        _build(tmp, out, sources, bf16, recommended_knobs)
+        if out.exists():
+            raise BundleError(f"--out {out} appeared while the bundle was being built; it was left as it is")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _build(tmp: Path, out: Path, sources: dict[str, Path], bf16: bool,
+           recommended_knobs: dict[str, float | int | None] | None) -> None:
+    """Write the bundle into `tmp`, as it will be once renamed to `out`, and check its contracts there."""
     provenance: dict[str, Any] = {"weights_dtype": "bfloat16" if bf16 else "float32", "parts": {}}
     for name, source in sources.items():
         (tmp / name).mkdir(parents=True)
@@ -306,7 +387,10 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
         provenance["parts"][name] = {"source": str(source),
                                      "source_weights_sha256": weights and sha256_file(source / weights)}
         if bf16 and weights:
-            store_as_bf16(tmp / name / weights)
+            try:
+                store_as_bf16(tmp / name / weights)
+            except SafetensorError as error:
+                raise BundleError(f"part '{name}': cannot convert {source / weights} to bfloat16 ({error})") from None
         _copy_run_logs(source, tmp / LOGS_DIR / name)
     if bf16:
         _rewrite_checksums(tmp)
@@ -315,8 +399,6 @@ def make_bundle(out: str | Path, sources: dict[str, Path], bf16: bool = False,
     if recommended_knobs:
         (tmp / SAMPLING_FILE).write_text(json.dumps(recommended_knobs, indent=2) + "\n")
     check_contracts({name: tmp / name for name in sources})
-    os.replace(tmp, out)
-    return out
 
 
 def _copy_run_logs(export: Path, destination: Path) -> None:
@@ -344,7 +426,7 @@ def main(argv: list[str] | None = None) -> Path:
         out = make_bundle(args.out, {name: getattr(args, name) for name in PART_NAMES + OPTIONAL_PARTS},
                           bf16=args.bf16,
                           recommended_knobs=parse_recommendations(args.recommend))
-    except (BundleError, CheckpointMismatch, FileNotFoundError) as error:
+    except (BundleError, CheckpointMismatch, OSError) as error:  # OSError: a missing file, a full disk, ...
         parser.error(str(error))
     size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
     print(f"bundle {out}: {size / 2**20:.1f} MiB" + (" (weights stored as bfloat16)" if args.bf16 else ""))

@@ -224,27 +224,54 @@ class TextTokenizer:
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
+def minimum_vocab_size(captions: list[str], rates: tuple[int, ...]) -> int:
+    """The fewest pieces sentencepiece accepts for `captions`: the byte pieces, the special pieces (pad, unk, <boi>,
+    one <fps_R> per rate) and one piece per distinct character after normalisation (its whitespace mark included)."""
+    normaliser = sentencepiece.SentencePieceNormalizer(rule_name="nmt_nfkc_cf")
+    characters = set().union(*(normaliser.normalize(caption) for caption in captions))
+    return BYTE_PIECES + 3 + len(rates) + len(characters)
+
+
 def main(argv: list[str] | None = None) -> None:
     from cogvideo_lite.data.captions import load_entries
 
     parser = argparse.ArgumentParser(description="Train the caption tokenizer (sentencepiece) of a dataset.")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder with captions.jsonl or captions.csv")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives text.model and text.json")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="upper bound on the pieces")
+    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                        help=f"upper bound on the pieces (default %(default)s); at least {BYTE_PIECES} byte pieces + "
+                             "the special pieces + the distinct characters of the captions")
     parser.add_argument("--rates", type=parse_rates, default=DEFAULT_RATES, help="frame rates with an fps token")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    entries, problems = load_entries(args.data)
+    try:
+        entries, problems = load_entries(args.data)
+    except (OSError, ValueError) as error:  # no captions file, or two of them
+        parser.error(f"argument --data: {error}")
     for problem in problems:
         logger.warning("skipped caption entry %s: %s", problem.path, problem.reason)
     if not entries:
         raise SystemExit(f"no usable captions in {args.data} ({len(problems)} problems)")
-    tokenizer = train_text_model([entry.caption for entry in entries], args.out / TEXT_MODEL_FILE,
-                                 args.vocab_size, args.rates)
-    longest = max(len(tokenizer.encode(entry.caption)) for entry in entries)
+    captions = [entry.caption for entry in entries]
+    minimum = minimum_vocab_size(captions, args.rates)
+    if args.vocab_size < minimum:
+        parser.error(f"--vocab-size {args.vocab_size}: these {len(captions)} captions need at least {minimum} pieces "
+                     f"({BYTE_PIECES} byte pieces + {3 + len(args.rates)} special pieces + "
+                     f"{minimum - BYTE_PIECES - 3 - len(args.rates)} distinct characters); it is an upper bound, so "
+                     f"a larger value (default {DEFAULT_VOCAB_SIZE}) is safe")
+    try:
+        tokenizer = train_text_model(captions, args.out / TEXT_MODEL_FILE, args.vocab_size, args.rates)
+    except ValueError as error:
+        parser.error(f"--vocab-size {args.vocab_size}: {error}")
+    lengths = []
+    for entry in entries:
+        try:
+            lengths.append(len(tokenizer.encode(entry.caption)))
+        except ValueError as error:  # special-token text: prepare and check --text refuse this caption
+            logger.warning("caption of %s will be refused: %s", entry.video, error)
     print(f"text model {args.out / TEXT_MODEL_FILE}: {tokenizer.vocab_size} ids, rates {tokenizer.rates}, "
-          f"{len(entries)} captions (longest {longest} tokens), {len(problems)} entries skipped")
+          f"{len(entries)} captions (longest {max(lengths, default=0)} tokens), {len(problems)} entries skipped")
 
 
 if __name__ == "__main__":

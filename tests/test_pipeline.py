@@ -17,10 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvideo_lite.bundle import BUNDLE_MAP_FILE, PROVENANCE_FILE, BundleError, main as bundle_main
+from cogvideo_lite.bundle import BUNDLE_MAP_FILE, PART_NAMES, PROVENANCE_FILE, BundleError, main as bundle_main
 from cogvideo_lite.checkpoint import sha256_file
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.generator_io import FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, save_stage
+from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
+                                        save_stage)
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
@@ -28,7 +29,7 @@ from cogvideo_lite.model.sampling import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.pipeline import (Pipeline, decode_codes, derive_seed, generate_videos, interpolate_codes,
                                     max_rounds)
-from cogvideo_lite.text import DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, PromptTooLong, train_text_model
+from cogvideo_lite.text import DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, TEXT_SPEC_FILE, PromptTooLong, train_text_model
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import WEIGHTS_FILE, save_tokenizer
 from tokenizer.model import VQVAE
@@ -288,6 +289,74 @@ def test_bundle_refuses_parts_that_do_not_belong_together(bundle, tmp_path):
     with pytest.raises(SystemExit) as raised:
         bundle_main(["--out", str(tmp_path / "out"), "--bf16"] + arguments)
     assert raised.value.code == 2 and not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
+
+
+def _refused_bundle(parts: dict[str, Path], out: Path, capsys, *options: str) -> str:
+    """Run the bundle command expecting a one-line refusal (exit 2); return that line."""
+    arguments = [item for name, path in parts.items() for item in (f"--{name}", str(path))]
+    with pytest.raises(SystemExit) as raised:
+        bundle_main(["--out", str(out), *options] + arguments)
+    assert raised.value.code == 2
+    assert not out.with_name(out.name + ".tmp").exists()  # nothing half-built is left behind
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("bf16", [(), ("--bf16",)])
+@pytest.mark.parametrize("part, source, file_name", [("keyframe", "keyframe", TEMPORAL_WEIGHTS),
+                                                     ("expert", "image", FULL_WEIGHTS),
+                                                     ("tokenizer", "tokenizer", WEIGHTS_FILE)])
+def test_bundle_refuses_a_truncated_weights_file_naming_part_and_file(bundle, tmp_path, capsys, part, source,
+                                                                       file_name, bf16):
+    parts = {name: bundle / name for name in PART_NAMES}
+    parts[part] = shutil.copytree(bundle / source, tmp_path / part)
+    weights = parts[part] / file_name
+    weights.write_bytes(weights.read_bytes()[:1000])  # `head -c 1000`: what an interrupted copy leaves
+    out = tmp_path / "out"
+    message = _refused_bundle(parts, out, capsys, *bf16)
+    assert f"part '{part}': {weights} is not a readable safetensors file" in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("part, spec_file, edit, expected", [
+    ("expert", SPEC_FILE, lambda text: text[:-10], "is not valid JSON"),
+    ("keyframe", SPEC_FILE, lambda text: "[]", "holds a JSON list, expected an object"),
+    ("expert", SPEC_FILE, lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "layout"}),
+     "lacks the entries ['layout']"),
+    ("interpolate", SPEC_FILE, lambda text: json.dumps({**json.loads(text), "layout": {"grid": [4, 4]}}),
+     "entry 'layout' is malformed (lacks 'text_length')"),
+    ("image", SPEC_FILE, lambda text: json.dumps({**json.loads(text), "text": "sha"}),
+     "entry 'text' must be an object with ['model_sha256']"),
+    ("text", TEXT_SPEC_FILE, lambda text: text[:-10], "cannot load"),
+    ("text", TEXT_SPEC_FILE, lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "model_file"}),
+     "lacks the entry 'model_file'"),
+])
+def test_bundle_refuses_a_malformed_spec_naming_part_and_file(bundle, tmp_path, capsys, part, spec_file, edit,
+                                                              expected):
+    parts = {name: bundle / name for name in PART_NAMES}
+    parts[part] = shutil.copytree(bundle / ("image" if part == "expert" else part), tmp_path / part)
+    spec_path = parts[part] / spec_file
+    spec_path.write_text(edit(spec_path.read_text()))
+    message = _refused_bundle(parts, tmp_path / "out", capsys, "--bf16")
+    assert f"part '{part}'" in message and str(spec_path) in message and expected in message, message
+
+
+def test_bundle_never_touches_an_existing_out(bundle, tmp_path, capsys):
+    out = shutil.copytree(bundle, tmp_path / "existing")
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    message = _refused_bundle({name: bundle / name for name in PART_NAMES}, out, capsys)
+    assert f"--out {out} already exists" in message
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_bundle_interrupted_while_building_leaves_nothing_behind(bundle, tmp_path, monkeypatch):
+    def interrupted(path):
+        raise KeyboardInterrupt  # e.g. Ctrl-C halfway through the bfloat16 conversion
+
+    monkeypatch.setattr("cogvideo_lite.bundle.store_as_bf16", interrupted)
+    arguments = [item for name in PART_NAMES for item in (f"--{name}", str(bundle / name))]
+    with pytest.raises(KeyboardInterrupt):
+        bundle_main(["--out", str(tmp_path / "out"), "--bf16"] + arguments)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.tmp").exists()
 
 
 def test_interpolation_knobs_apply_to_the_rounds_alone(pipeline):

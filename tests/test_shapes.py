@@ -141,6 +141,54 @@ def test_command_line_writes_the_dataset(tmp_path, capsys):
     assert "wrote 2 clips" in capsys.readouterr().out
 
 
+FAST = ["--seed", "0", "--size", "32", "--seconds", "4.5", "--fps", "4", "--workers", "1"]
+
+
+def _refused(argv: list[str], capsys) -> str:
+    """Run the command line expecting a one-line refusal (exit 2); return that line."""
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_command_line_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "clips").mkdir(parents=True)
+    (out / "captions.csv").write_text("video,caption\nclips/old.mp4,my own caption\n")
+    (out / "clips" / "old.mp4").write_bytes(b"a user's clip")
+    message = _refused(["--out", str(out), "--clips", "2"] + FAST, capsys)
+    assert f"--out {out}: the folder is not empty (it holds captions.csv, clips)" in message
+    assert "--overwrite" in message
+    assert sorted(path.name for path in out.rglob("*")) == ["captions.csv", "clips", "old.mp4"]  # untouched
+
+    main(["--out", str(out), "--clips", "2", "--overwrite"] + FAST)
+    assert sorted(path.name for path in out.rglob("*")) == ["000000.json", "000000.mp4", "000001.json",
+                                                            "000001.mp4", "captions.jsonl", "clips"]
+    assert len((out / "captions.jsonl").read_text().splitlines()) == 2
+    assert [path.name for path in tmp_path.iterdir()] == ["mine"]  # no staging folder left beside it
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--clips", "0", "--clips 0: expected an integer >= 1"),
+    ("--workers", "0", "--workers 0: expected an integer >= 1"),
+    ("--size", "8", "--size 8: expected at least 16 pixels"),
+    ("--seconds", "3", "--seconds 3.0: expected at least 4.5"),
+])
+def test_command_line_names_a_bad_option(tmp_path, capsys, option, value, expected):
+    arguments = dict(zip(FAST[::2], FAST[1::2]), **{"--clips": "1", option: value})
+    message = _refused(["--out", str(tmp_path / "out")] + [item for pair in arguments.items() for item in pair], capsys)
+    assert f"error: {expected}" in message, message
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_line_refuses_a_file_as_out(tmp_path, capsys):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    assert f"--out {out}: exists and is not a folder" in _refused(["--out", str(out), "--clips", "1"] + FAST, capsys)
+    assert out.read_text() == "keep me"
+
+
 def test_bad_spec_names_the_field():
     with pytest.raises(ValueError, match=r"seconds=3.0: expected at least 4.5"):
         ClipSpec(seconds=3.0)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.text import PromptTooLong, TextTokenizer, parse_rates, train_text_model
+from cogvideo_lite.text import (TEXT_MODEL_FILE, PromptTooLong, TextTokenizer, main, minimum_vocab_size, parse_rates,
+                                train_text_model)
 
 CAPTIONS = all_captions()  # the built-in grammar: "a {colour} {shape} moves {direction} {speed}"
 RATES = (1, 2, 4, 8)
@@ -102,3 +103,37 @@ def test_too_small_vocabulary_and_bad_rates_are_clear_errors(tmp_path):
         parse_rates("1,2,3")
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_rates("1,two")
+
+
+# ---------------------------------------------------------------------------------------------------- command line
+def _captions_folder(root, captions: list[str]):
+    root.mkdir()
+    for index in range(len(captions)):
+        (root / f"clip{index}.mp4").write_bytes(b"")  # the captions file must name existing files; never decoded here
+    (root / "captions.jsonl").write_text("".join(json.dumps({"video": f"clip{index}.mp4", "caption": caption}) + "\n"
+                                                 for index, caption in enumerate(captions)))
+    return root
+
+
+def test_command_line_names_the_minimum_vocabulary_size(tmp_path, capsys):
+    data = _captions_folder(tmp_path / "data", CAPTIONS)
+    minimum = minimum_vocab_size(CAPTIONS, RATES)
+    assert minimum == 256 + 7 + 24  # byte pieces, pad unk <boi> and 4 fps, 23 letters and the whitespace mark
+    with pytest.raises(SystemExit) as raised:
+        main(["--data", str(data), "--out", str(tmp_path / "text"), "--vocab-size", "60"])
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert raised.value.code == 2
+    assert f"--vocab-size 60: these {len(CAPTIONS)} captions need at least {minimum} pieces" in error
+    assert not (tmp_path / "text").exists()
+    main(["--data", str(data), "--out", str(tmp_path / "text"), "--vocab-size", str(minimum)])  # the minimum works
+    assert TextTokenizer.load(tmp_path / "text").vocab_size == minimum
+
+
+def test_command_line_names_a_missing_captions_file_and_survives_special_token_text(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "text")])
+    assert raised.value.code == 2 and "argument --data: " in capsys.readouterr().err
+    data = _captions_folder(tmp_path / "data", CAPTIONS[:20] + ["a red <fps_1> circle"])
+    main(["--data", str(data), "--out", str(tmp_path / "text")])  # trains; the caption is only warned about
+    assert (tmp_path / "text" / TEXT_MODEL_FILE).is_file()
+    assert "21 captions" in capsys.readouterr().out

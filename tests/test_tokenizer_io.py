@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from tokenizer.config import TokenizerConfig
-from tokenizer.evaluate import evaluate_frames, load_dataset_frames
+from tokenizer.evaluate import evaluate_frames, load_dataset_frames, main as evaluate_main
 from tokenizer.images import read_image
 from tokenizer.io import NOT_EXPORTED, load_config, load_tokenizer, save_tokenizer
 from tokenizer.metrics import psnr
@@ -190,3 +190,33 @@ def test_evaluate_command_on_a_real_video(trained_dir, tmp_path):
     assert 0 < results["psnr"] < 60 and -1 <= results["ssim"] <= 1 and results["st_lpips"] > 0
     assert 0 < results["usage"] <= 1 and results["perplexity"] >= 1
     assert "psnr" in completed.stdout and "st_lpips" in completed.stdout
+
+
+@pytest.mark.parametrize("case", ["empty data folder", "missing data", "missing ckpt", "truncated weights",
+                                  "only unreadable files"])
+def test_evaluate_command_refuses_bad_arguments_in_one_line(trained_dir, tmp_path, capsys, case):
+    directory, _ = trained_dir
+    data, ckpt = tmp_path / "data", directory
+    data.mkdir()
+    Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(data / "grey.png")
+    if case == "empty data folder":
+        data = tmp_path / "empty"
+        data.mkdir()
+        expected = f"--data {data}: no video or image file in it"
+    elif case == "missing data":
+        data = tmp_path / "nowhere"
+        expected = f"--data {data}: no such file or folder"
+    elif case == "missing ckpt":
+        ckpt = tmp_path / "no-tokenizer"
+        expected = f"--ckpt {ckpt}: not a tokenizer directory: {ckpt / 'config.json'}: tokenizer config file not found"
+    elif case == "truncated weights":
+        weights = directory / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        expected = f"--ckpt {ckpt}: not a tokenizer directory: {weights}: not a readable safetensors file"
+    else:
+        (data / "grey.png").write_bytes(b"not a png")
+        expected = f"--data {data}: no readable video or image"
+    with pytest.raises(SystemExit) as raised:
+        evaluate_main(["--ckpt", str(ckpt), "--data", str(data), "--device", "cpu"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert raised.value.code == 2 and error[-1].startswith(f"python -m tokenizer.evaluate: error: {expected}"), error

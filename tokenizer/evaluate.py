@@ -142,11 +142,22 @@ def main(argv: list[str] | None = None) -> dict[str, float | int | None]:
     if args.max_frames < 1:
         parser.error(f"--max-frames {args.max_frames}: expected >= 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.data.exists():
+        parser.error(f"--data {args.data}: no such file or folder")
+    if not media_files(args.data):
+        parser.error(f"--data {args.data}: no video or image file in it (suffixes "
+                     f"{', '.join(sorted(VIDEO_SUFFIXES | IMAGE_SUFFIXES))})")
 
     from tokenizer.perceptual import STLPIPS
 
-    model = load_tokenizer(args.ckpt, device=args.device)
-    frames = load_dataset_frames(args.data, model.config.image_size, args.max_frames)
+    try:
+        model = load_tokenizer(args.ckpt, device=args.device)
+    except (OSError, ValueError) as error:  # a missing or malformed config.json / model.safetensors, named
+        parser.error(f"--ckpt {args.ckpt}: not a tokenizer directory: {' '.join(str(error).split())}")
+    try:
+        frames = load_dataset_frames(args.data, model.config.image_size, args.max_frames)
+    except ValueError as error:  # every file was unreadable (each one was named in a warning)
+        parser.error(str(error))
     results = evaluate_frames(model, frames, perceptual=STLPIPS().to(args.device))
     print(format_table(results))
     if args.json is not None:

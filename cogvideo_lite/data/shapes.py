@@ -1,12 +1,15 @@
 """The built-in dataset: captioned clips of one coloured shape moving in a straight line over a dark background.
 
     python -m cogvideo_lite.data.shapes --out DIR --clips N --seed S [--size 64] [--fps 24] [--seconds 5] [--workers 2]
+        [--overwrite]
 
 writes `DIR/clips/000000.mp4` (H.264, yuv420p, low crf so colours stay saturated), beside it
 `DIR/clips/000000.json` with the ground truth (colour, shape, direction, speed, object centre per frame, radius),
 and `DIR/captions.jsonl`, the same layout a user's dataset has. A caption reads
 `a {colour} {shape} moves {direction} {speed}`: 7 colours x 3 shapes x 4 directions x 2 speeds = 168 captions.
-Clip i draws everything from `numpy.random.default_rng([seed, i])`, so a seed fixes the dataset.
+Clip i draws everything from `numpy.random.default_rng([seed, i])`, so a seed fixes the dataset. DIR must be new or
+empty (`--overwrite` replaces what a non-empty one holds); the clips are written beside it and moved in when all are
+done, so an interrupted run leaves DIR as it was.
 
 The grammar constants and `render_clip` are public so that evaluation code can check generated videos against
 the same rules. Coordinates: x is the column, y the row, pixel (row i, column j) has its centre at (x=j, y=i).
@@ -20,6 +23,9 @@ import functools
 import json
 import math
 import multiprocessing
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -259,17 +265,71 @@ def generate(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the built-in dataset of captioned moving-shape clips.")
-    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write")
-    parser.add_argument("--clips", type=int, required=True, help="number of clips")
+    parser.add_argument("--out", type=Path, required=True, help="dataset folder to write: new or empty, unless "
+                        "--overwrite")
+    parser.add_argument("--overwrite", action="store_true", help="replace everything in a non-empty --out (its clips, "
+                        "captions and any other file) once the new dataset is written")
+    parser.add_argument("--clips", type=int, required=True, help="number of clips (>= 1)")
     parser.add_argument("--seed", type=int, required=True, help="seed; the same seed writes the same clips")
     parser.add_argument("--size", type=int, default=ClipSpec.size, help="frame side in pixels")
     parser.add_argument("--fps", type=int, default=ClipSpec.fps, help="frames per second")
     parser.add_argument("--seconds", type=float, default=ClipSpec.seconds, help="clip length in seconds")
-    parser.add_argument("--workers", type=int, default=2, help="processes rendering and encoding clips")
+    parser.add_argument("--workers", type=int, default=2, help="processes rendering and encoding clips (>= 1)")
     args = parser.parse_args(argv)
-    spec = ClipSpec(size=args.size, fps=args.fps, seconds=args.seconds)
-    captions = generate(args.out, args.clips, args.seed, spec, workers=args.workers)
+    spec = _clip_spec(parser, args)
+    for option, value in (("--clips", args.clips), ("--workers", args.workers)):
+        if value < 1:
+            parser.error(f"{option} {value}: expected an integer >= 1")
+    out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {args.out}: exists and is not a folder")
+    held = sorted(path.name for path in out.iterdir()) if out.is_dir() else []
+    if held and not args.overwrite:
+        parser.error(f"--out {args.out}: the folder is not empty (it holds {', '.join(held[:3])}"
+                     f"{', ...' if len(held) > 3 else ''}); choose a new or empty folder, or pass --overwrite to "
+                     "replace its contents")
+    try:
+        captions = _write_dataset(out, args.clips, args.seed, spec, args.workers)
+    except ValueError as error:  # a size whose clips the reader cannot read back
+        parser.error(str(error))
     print(f"wrote {args.clips} clips and {captions}")
+
+
+def _clip_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ClipSpec:
+    """ClipSpec from --size, --fps, --seconds; a bad value is named by its option."""
+    problems = []
+    for field in ("size", "fps", "seconds"):
+        value = getattr(args, field)
+        try:
+            ClipSpec(**{field: value})
+        except ValueError as error:
+            problems.append(f"--{field} {value}: " + str(error).removeprefix("ClipSpec: ").removeprefix(
+                f"{field}={value}: "))
+    if problems:
+        parser.error("; ".join(problems))
+    return ClipSpec(size=args.size, fps=args.fps, seconds=args.seconds)
+
+
+def _write_dataset(out: Path, clips: int, seed: int, spec: ClipSpec, workers: int) -> Path:
+    """Generate into a hidden folder beside `out`, then put it in the place of `out` (removing what `out` held):
+    a failed or interrupted run leaves `out` as it was. Returns the captions path."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes a private folder; the dataset gets the mode of a plain mkdir
+    try:
+        generate(staging, clips, seed, spec, workers=workers)
+        if out.exists():
+            replaced = staging.with_suffix(".replaced")
+            out.rename(replaced)
+            staging.rename(out)
+            shutil.rmtree(replaced)
+        else:
+            staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the run failed
+    return out / "captions.jsonl"
 
 
 if __name__ == "__main__":

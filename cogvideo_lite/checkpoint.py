@@ -115,9 +115,10 @@ class RunDirectory:
     def pin_inputs(self, inputs: dict[str, str], resume: bool) -> None:
         """Record the checksums of what the run reads besides its config (`Task.inputs`: an image export, a text
         model); a resumed run must find the same ones, else it would go on training on weights its checkpoint no
-        longer matches and export a model that names inputs it never saw. Call on the main rank only."""
+        longer matches and export a model that names inputs it never saw. A run without a checkpoint yet has trained
+        on nothing: its resume pins the inputs afresh. Call on the main rank only."""
         path = self.root / "inputs.json"
-        if resume and path.exists():
+        if resume and path.exists() and self.latest_tag() is not None:  # no checkpoint: nothing to protect
             pinned = json.loads(path.read_text())
             changed = [f"{name}: {pinned.get(name)} -> {inputs.get(name)}"
                        for name in sorted(set(pinned) | set(inputs)) if pinned.get(name) != inputs.get(name)]

@@ -130,10 +130,10 @@ def test_csv_quoted_caption_may_span_lines(dataset):
     assert problems == [Problem(f"{dataset.resolve() / 'captions.csv'}:4", "not UTF-8")]
 
 
-def test_csv_unterminated_quote_is_a_problem_naming_its_line(dataset):
+def test_csv_unterminated_quote_is_a_problem_naming_its_line_and_the_rest_still_loads(dataset):
     (dataset / "captions.csv").write_text('video,caption\nclips/a.mp4,ok\nclips/b.mp4,"a red circle\nclips/c.mp4,ok\n')
     entries, problems = load_entries(dataset)
-    assert [entry.line for entry in entries] == [2]
+    assert [entry.line for entry in entries] == [2, 4]
     assert [(problem.path, problem.reason) for problem in problems] == [
         (f"{dataset.resolve() / 'captions.csv'}:3", "malformed CSV")
     ]
@@ -166,3 +166,11 @@ def test_a_symlinked_clips_folder_is_inside_the_dataset_as_written(tmp_path):
     entries, problems = load_entries(root)
     assert [e.video for e in entries] == [root.resolve() / "clips" / "a.mp4"]  # the path as written, not the target
     assert [(p.path.rsplit(":", 1)[1], p.reason) for p in problems] == [("2", "path outside dataset")]
+
+
+def test_csv_stray_text_after_a_closing_quote_loads_leniently_as_before(dataset):
+    (dataset / "captions.csv").write_text('video,caption\nclips/a.mp4,"a red" circle\nclips/b.mp4,"a blue square" \n'
+                                          'clips/c.mp4,ok\n')
+    entries, problems = load_entries(dataset)
+    assert [(entry.line, entry.caption) for entry in entries] == [(2, "a red circle"), (3, "a blue square"), (4, "ok")]
+    assert problems == []

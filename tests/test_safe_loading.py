@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.reliability import build_toy_inputs
 from cogvideo_lite.bundle import check_contracts, resolve_parts
-from cogvideo_lite.checkpoint import RunDirectory, RunDirectoryError, sha256_file
+from cogvideo_lite.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError, sha256_file
 from cogvideo_lite.config import load_config
 from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
                                         read_spec, save_stage)
@@ -252,7 +252,7 @@ def test_video_stage_training_refuses_an_image_export_of_another_layout(toy, tmp
         keyframe_task(toy, "model.dim=32", f"image_checkpoint={other}")
 
 
-def test_a_video_stage_resume_refuses_an_image_export_changed_since_the_run_started(toy, tmp_path):
+def test_a_video_stage_resume_refuses_an_image_export_changed_under_its_checkpoints(toy, tmp_path):
     image = shutil.copytree(toy[1], tmp_path / "image")
     run = RunDirectory(tmp_path / "run")
     run.claim({"stage": "keyframe"}, resume=False, overwrite=False)
@@ -267,7 +267,15 @@ def test_a_video_stage_resume_refuses_an_image_export_changed_since_the_run_star
     save_file({**tensors, name: tensors[name] + 1.0}, str(weights))
     changed = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
     assert changed["image export weights sha256"] == sha256_file(weights) != first["image export weights sha256"]
+    run.pin_inputs(changed, resume=True)  # no checkpoint yet: nothing trained on the old weights, the new ones pinned
+    assert json.loads((run.root / "inputs.json").read_text()) == changed
+
+    (run.checkpoints / "step-00000002").mkdir()  # a complete checkpoint, as RunDirectory.save leaves it
+    (run.checkpoints / "step-00000002" / COMPLETE_MARKER).write_text("")
+    (run.checkpoints / "latest").write_text("step-00000002")
+    save_file({**tensors, name: tensors[name] + 2.0}, str(weights))  # and retrained once more
+    later = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
     with pytest.raises(RunDirectoryError, match=re.escape(
-            f"image export weights sha256: {first['image export weights sha256']} -> "
-            f"{changed['image export weights sha256']}")):
-        run.pin_inputs(changed, resume=True)
+            f"image export weights sha256: {changed['image export weights sha256']} -> "
+            f"{later['image export weights sha256']}")):
+        run.pin_inputs(later, resume=True)

@@ -166,7 +166,7 @@ def test_command_line_refuses_a_non_empty_out_unless_overwrite(tmp_path, capsys)
     assert sorted(path.name for path in out.rglob("*")) == ["000000.json", "000000.mp4", "000001.json",
                                                             "000001.mp4", "captions.jsonl", "clips"]
     assert len((out / "captions.jsonl").read_text().splitlines()) == 2
-    assert [path.name for path in tmp_path.iterdir()] == ["mine"]  # no staging folder left beside it
+    assert [path.name for path in tmp_path.iterdir()] == ["mine"]  # nothing written beside it
 
 
 @pytest.mark.parametrize("option, value, expected", [

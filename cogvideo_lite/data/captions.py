@@ -86,23 +86,32 @@ def _jsonl_records(path: Path) -> list[tuple[int, dict | Problem]]:
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str] | Problem]]:
     """(line the record starts on, its fields or a Problem) for each CSV record, blank lines dropped. Bytes that
-    are not UTF-8 come through as lone surrogates, for `_is_utf8` to flag per record."""
-    text = path.read_bytes().decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # newline="": quoted line breaks stay in fields
-    while True:
-        number = reader.line_num + 1  # line_num counts the lines read so far
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            detail = str(error)
-            if detail == "unexpected end of data":
-                detail = "unterminated quote: a quoted field opened in this record runs to the end of the file"
-            yield number, Problem(f"{path}:{number}", "malformed CSV", detail)
-            continue
-        if len(row) > 1 or "".join(row).strip():
-            yield number, row
+    are not UTF-8 come through as lone surrogates, for `_is_utf8` to flag per record.
+
+    Records are read as RFC 4180 (a quoted field may span lines). A record the strict reader refuses is read again
+    on its own line: leniently where it is a stray character after a closing quote (`"a red circle" ,` loads, as it
+    always did), and as a Problem where a quote is never closed; reading goes on at the next line either way, so one
+    bad record never takes the rest of the file with it."""
+    lines = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").splitlines(keepends=True)
+    offset = 0  # lines before the text the current reader reads
+    while offset < len(lines):
+        reader = csv.reader(io.StringIO("".join(lines[offset:]), newline=""), strict=True)  # keeps quoted breaks
+        while True:
+            number = offset + reader.line_num + 1  # line_num counts the lines read so far
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                if str(error) == "unexpected end of data":
+                    detail = "unterminated quote: a quoted field opened on this line is never closed"
+                    yield number, Problem(f"{path}:{number}", "malformed CSV", detail)
+                else:
+                    yield number, next(csv.reader([lines[number - 1]]))  # the lenient reading of that one line
+                offset = number  # go on at the next line
+                break
+            if len(row) > 1 or "".join(row).strip():
+                yield number, row
 
 
 def _is_utf8(fields: list[str]) -> bool:
@@ -144,7 +153,8 @@ def _check_record(root: Path, where: str, number: int, record: dict) -> Entry | 
         return Problem(where, "missing caption")
     if not isinstance(caption, str) or not caption.strip():
         return Problem(where, "empty caption", repr(caption))
-    # Inside the dataset as written ("..", absolute paths refused); a symlinked folder in it may live elsewhere.
+    # Inside the dataset as written: a path that leaves it ("..", an absolute path elsewhere) is refused; a symlinked
+    # folder in it may live elsewhere.
     path = Path(os.path.normpath(root / video))
     try:
         if "\x00" in video:

@@ -8,8 +8,8 @@ writes `DIR/clips/000000.mp4` (H.264, yuv420p, low crf so colours stay saturated
 and `DIR/captions.jsonl`, the same layout a user's dataset has. A caption reads
 `a {colour} {shape} moves {direction} {speed}`: 7 colours x 3 shapes x 4 directions x 2 speeds = 168 captions.
 Clip i draws everything from `numpy.random.default_rng([seed, i])`, so a seed fixes the dataset. DIR must be new or
-empty (`--overwrite` replaces what a non-empty one holds); the clips are written beside it and moved in when all are
-done, so an interrupted run leaves DIR as it was.
+empty (`--overwrite` replaces what a non-empty one holds); captions.jsonl is written last, so an interrupted run
+leaves a folder that loaders refuse (no captions file) until a rerun with `--overwrite` completes it.
 
 The grammar constants and `render_clip` are public so that evaluation code can check generated videos against
 the same rules. Coordinates: x is the column, y the row, pixel (row i, column j) has its centre at (x=j, y=i).
@@ -23,9 +23,7 @@ import functools
 import json
 import math
 import multiprocessing
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -311,25 +309,13 @@ def _clip_spec(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Cli
 
 
 def _write_dataset(out: Path, clips: int, seed: int, spec: ClipSpec, workers: int) -> Path:
-    """Generate into a hidden folder beside `out`, then put it in the place of `out` (removing what `out` held):
-    a failed or interrupted run leaves `out` as it was. Returns the captions path."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes a private folder; the dataset gets the mode of a plain mkdir
-    try:
-        generate(staging, clips, seed, spec, workers=workers)
-        if out.exists():
-            replaced = staging.with_suffix(".replaced")
-            out.rename(replaced)
-            staging.rename(out)
-            shutil.rmtree(replaced)
-        else:
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone already unless the run failed
-    return out / "captions.jsonl"
+    """Empty `out` (the caller has checked that it was empty or that --overwrite was given), then generate into it.
+    captions.jsonl is written last: an interrupted run leaves a folder without captions file, which every loader
+    refuses, and a rerun with --overwrite starts it again. Returns the captions path."""
+    out.mkdir(parents=True, exist_ok=True)
+    for child in out.iterdir():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    return generate(out, clips, seed, spec, workers=workers)
 
 
 if __name__ == "__main__":

@@ -71,14 +71,16 @@ class VideoInfo:
 
 def _looks_like_container(path: Path) -> bool:
     with open(path, "rb") as handle:
-        head = handle.read(_TRANSPORT_PACKET_BYTES + 1)
+        head = handle.read(2 * _TRANSPORT_PACKET_BYTES + 1)
     if _is_transport_stream(head):
         return True
     return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
 
 
 def _is_transport_stream(head: bytes) -> bool:
-    return len(head) > _TRANSPORT_PACKET_BYTES and head[0] == head[_TRANSPORT_PACKET_BYTES] == _TRANSPORT_SYNC
+    """Sync bytes at the start of three packets in a row (one or two could be chance: a GIF starts with 0x47)."""
+    return len(head) > 2 * _TRANSPORT_PACKET_BYTES and all(
+        head[k * _TRANSPORT_PACKET_BYTES] == _TRANSPORT_SYNC for k in range(3))
 
 
 def open_reader(path: str | Path) -> decord.VideoReader:
@@ -89,7 +91,7 @@ def open_reader(path: str | Path) -> decord.VideoReader:
     if path.stat().st_size == 0:
         raise BadVideo(path, "empty file")
     with open(path, "rb") as handle:
-        if _is_transport_stream(handle.read(_TRANSPORT_PACKET_BYTES + 1)):
+        if _is_transport_stream(handle.read(2 * _TRANSPORT_PACKET_BYTES + 1)):
             # decord 0.6 opens these but seeks in them wrongly: a read at 0 s returned the frame of 1.3 s
             raise BadVideo(path, "MPEG transport stream (decord reads its frames at wrong times)",
                            f"remux it to mp4 first, e.g. ffmpeg -i {path.name} -c copy {path.stem}.mp4")

@@ -102,7 +102,8 @@ class ShardWriter:
 
     meta.json is written with the first part and completed by `close`. Opening a directory that already holds
     shards with the same meta continues after its complete parts
-    (`num_parts`, `num_samples` and `last_source` say where it stopped); a different meta raises ShardError.
+    (`num_parts` and `num_samples` say where it stopped; `read_sources` of its parts, what they hold); a different
+    meta raises ShardError.
     """
 
     def __init__(self, directory: Path, meta: dict, part_size: int):
@@ -138,7 +139,6 @@ class ShardWriter:
         parts = complete_part_directories(self.directory)
         self.num_parts = len(parts)
         self.num_samples = sum(len(np.load(part / FPS_FILE, mmap_mode="r")) for part in parts)
-        self.last_source = read_sources(parts[-1])[-1] if parts else None
 
     @property
     def is_complete(self) -> bool:
@@ -180,7 +180,6 @@ class ShardWriter:
         os.rename(temporary, final)
         self.num_parts += 1
         self.num_samples += len(self._buffer)
-        self.last_source = sources[-1]
         self._buffer = []
 
     def close(self) -> int:

@@ -51,7 +51,7 @@ from safetensors.torch import save_file
 
 from cogvideo_lite.checkpoint import sha256_file
 from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch,
-                                        layout_from_dict, read_spec)
+                                        MalformedSpec, layout_from_dict, read_spec)
 from cogvideo_lite.model.sampling import check_recommended_knobs
 from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
 from tokenizer.config import TokenizerConfig
@@ -193,14 +193,10 @@ def _read_stage_spec(directory: Path, part: str) -> dict[str, Any]:
     """A stage's generator.json with the entries the contract checks read: malformed JSON or a missing or malformed
     entry is a BundleError naming the part and the file (another format a CheckpointMismatch, from read_spec)."""
     path = directory / SPEC_FILE
-    if path.is_file():  # a missing file is refused by read_spec, naming it
-        try:
-            raw = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BundleError(f"part '{part}': {path} is not valid JSON ({error})") from None
-        if not isinstance(raw, dict):
-            raise BundleError(f"part '{part}': {path} holds a JSON {type(raw).__name__}, expected an object")
-    spec = read_spec(directory)
+    try:
+        spec = read_spec(directory)  # a missing file: FileNotFoundError; another format: CheckpointMismatch
+    except MalformedSpec as error:
+        raise BundleError(f"part '{part}': {error}") from None
     missing = [key for key in CONTRACT_KEYS + ("layout",) if key not in spec]
     if missing:
         raise BundleError(f"part '{part}': {path} lacks the entries {missing}")

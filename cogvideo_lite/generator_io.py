@@ -34,6 +34,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint does not fit what loads it; the message names both values."""
 
 
+class MalformedSpec(CheckpointMismatch):
+    """A generator.json that is not a JSON object (a truncated or hand-edited copy); the message names the file."""
+
+
 def layout_to_dict(layout: SequenceLayout) -> dict[str, Any]:
     return {"text_length": layout.text_length, "num_frames": layout.num_frames, "grid": list(layout.grid),
             "text_vocab_size": layout.text_vocab_size, "codebook_size": layout.codebook_size}
@@ -78,7 +82,12 @@ def read_spec(directory: Path) -> dict[str, Any]:
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a generator export: {SPEC_FILE} is missing")
-    spec = json.loads(path.read_text())
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MalformedSpec(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(spec, dict):
+        raise MalformedSpec(f"{path} holds a JSON {type(spec).__name__}, expected an object")
     if spec.get("format") != FORMAT_VERSION:
         raise CheckpointMismatch(f"{path}: format {spec.get('format')!r}, this code reads format {FORMAT_VERSION}")
     return spec

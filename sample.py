@@ -187,12 +187,12 @@ def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, pro
     """Each caption must give 1..text_length text tokens and hold no special token's text."""
     for where, prompt in prompts:
         try:
-            pipeline.text.encode_padded(prompt, pipeline.text_length)
+            ids = pipeline.text.encode_padded(prompt, pipeline.text_length)
         except PromptTooLong as error:
             parser.error(f"{where}: {error}; shorten it")
         except ValueError as error:
             parser.error(f"{where}: {error}; remove that text from the caption")
-        if not pipeline.text.encode(prompt):  # it would sample an unconditional video
+        if all(token == pipeline.text.pad_id for token in ids):  # no text token: an unconditional video
             parser.error(f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption "
                          f"like '{EXAMPLE_PROMPT}'")
 

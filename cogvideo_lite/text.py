@@ -90,6 +90,11 @@ def sha256_of_file(path: Path) -> str:
 # Training
 # ----------------------------------------------------------------------------------------------------------------
 
+def special_piece_count(rates: tuple[int, ...]) -> int:
+    """Pieces a text model holds besides bytes and characters: pad, unk, <boi> and one <fps_R> per rate."""
+    return 2 + 1 + len(rates)
+
+
 def train_text_model(captions: list[str], out_path: Path, vocab_size: int, rates: tuple[int, ...]) -> TextTokenizer:
     """Train a BPE sentencepiece model on `captions`; write `out_path` and `text.json` beside it; return it loaded.
 
@@ -115,7 +120,7 @@ def train_text_model(captions: list[str], out_path: Path, vocab_size: int, rates
     except RuntimeError as error:
         raise ValueError(f"sentencepiece could not train a text model with vocab_size={vocab_size} on "
                          f"{len(captions)} captions (the minimum is {BYTE_PIECES} byte pieces + "
-                         f"{2 + len(user_symbols)} special pieces + the distinct characters): {error}") from None
+                         f"{special_piece_count(rates)} special pieces + the distinct characters): {error}") from None
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_bytes(model_bytes.getvalue())
     processor = sentencepiece.SentencePieceProcessor(model_proto=model_bytes.getvalue())
@@ -229,7 +234,7 @@ def minimum_vocab_size(captions: list[str], rates: tuple[int, ...]) -> int:
     one <fps_R> per rate) and one piece per distinct character after normalisation (its whitespace mark included)."""
     normaliser = sentencepiece.SentencePieceNormalizer(rule_name="nmt_nfkc_cf")
     characters = set().union(*(normaliser.normalize(caption) for caption in captions))
-    return BYTE_PIECES + 3 + len(rates) + len(characters)
+    return BYTE_PIECES + special_piece_count(rates) + len(characters)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,9 +262,9 @@ def main(argv: list[str] | None = None) -> None:
     minimum = minimum_vocab_size(captions, args.rates)
     if args.vocab_size < minimum:
         parser.error(f"--vocab-size {args.vocab_size}: these {len(captions)} captions need at least {minimum} pieces "
-                     f"({BYTE_PIECES} byte pieces + {3 + len(args.rates)} special pieces + "
-                     f"{minimum - BYTE_PIECES - 3 - len(args.rates)} distinct characters); it is an upper bound, so "
-                     f"a larger value (default {DEFAULT_VOCAB_SIZE}) is safe")
+                     f"({BYTE_PIECES} byte pieces + {special_piece_count(args.rates)} special pieces + "
+                     f"{minimum - BYTE_PIECES - special_piece_count(args.rates)} distinct characters); it is an upper "
+                     f"bound, so a larger value (default {DEFAULT_VOCAB_SIZE}) is safe")
     try:
         tokenizer = train_text_model(captions, args.out / TEXT_MODEL_FILE, args.vocab_size, args.rates)
     except ValueError as error:

@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write the built-in dataset of captioned moving-shape clips.")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder to write: new or empty, unless "
                         "--overwrite")
-    parser.add_argument("--overwrite", action="store_true", help="replace everything in a non-empty --out (its clips, "
-                        "captions and any other file) once the new dataset is written")
+    parser.add_argument("--overwrite", action="store_true", help="empty a non-empty --out (its clips, captions and any "
+                        "other file), then write the new dataset into it")
     parser.add_argument("--clips", type=int, required=True, help="number of clips (>= 1)")
     parser.add_argument("--seed", type=int, required=True, help="seed; the same seed writes the same clips")
     parser.add_argument("--size", type=int, default=ClipSpec.size, help="frame side in pixels")

@@ -38,7 +38,7 @@ from cogvideo_lite.data.video import BadVideo, read_clip
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
                                          knobs_from_arguments, missing_expert)
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
-from cogvideo_lite.text import PromptTooLong
+from cogvideo_lite.text import PromptTooLong, read_prompt_lines
 
 logger = logging.getLogger("sample")
 
@@ -116,17 +116,12 @@ def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
 
 def read_prompts_file(parser: argparse.ArgumentParser, path: Path) -> list[tuple[str, str]]:
     """(where, caption) per non-blank line of a UTF-8 file (with or without a byte-order mark)."""
-    if not path.is_file():
-        parser.error(f"--prompts {path}: no such file; give a text file with one caption per line")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
-    except UnicodeDecodeError as error:
-        parser.error(f"--prompts {path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                     f"{error.start}); save the file as UTF-8")
-    except OSError as error:
-        parser.error(f"--prompts {path}: cannot be read ({error.strerror}); give a readable text file")
+        lines = read_prompt_lines(path)
+    except ValueError as error:
+        parser.error(f"--prompts {path}: {error}")
     prompts = [(f"--prompts {path} line {number}", line.strip())
-               for number, line in enumerate(text.split("\n"), start=1) if not is_blank(line)]  # as editors count
+               for number, line in lines if not is_blank(line)]
     if not prompts:
         parser.error(f"--prompts {path}: no captions (only blank lines); write one caption per line")
     return prompts

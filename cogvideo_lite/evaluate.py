@@ -55,7 +55,7 @@ from cogvideo_lite.frechet import fid, fvd, load_feature_network
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
                                          knobs_from_arguments, missing_expert)
 from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
-from cogvideo_lite.text import DEFAULT_RATES
+from cogvideo_lite.text import DEFAULT_RATES, read_prompt_lines
 from tokenizer.frames import to_model_frames, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -252,14 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
 def read_prompts(parser: argparse.ArgumentParser, path: Path | None) -> list[str]:
     if path is None:
         return all_captions()
-    if not path.is_file():
-        parser.error(f"--prompts {path}: no such file; give a text file with one caption per line")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not part of the first caption
-    except UnicodeDecodeError as error:
-        parser.error(f"--prompts {path}: not UTF-8 text (at byte offset {error.start}); save the file as UTF-8")
+        lines = read_prompt_lines(path)
+    except ValueError as error:
+        parser.error(f"--prompts {path}: {error}")
     prompts = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in lines:
         if line.strip():
             try:
                 parse_caption(line)

@@ -90,6 +90,22 @@ def sha256_of_file(path: Path) -> str:
 # Training
 # ----------------------------------------------------------------------------------------------------------------
 
+def read_prompt_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, line) of a prompts file, one caption per line (`sample.py --prompts`, `evaluate --prompts`):
+    UTF-8, a leading byte-order mark dropped. ValueError saying why a file cannot serve (missing, unreadable, not
+    UTF-8), for the command line to prefix with its option."""
+    if not path.is_file():
+        raise ValueError("no such file; give a text file with one caption per line")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
+                         "save the file as UTF-8") from None
+    except OSError as error:
+        raise ValueError(f"cannot be read ({error.strerror}); give a readable text file") from None
+    return list(enumerate(text.split("\n"), start=1))  # universal newlines: line numbers as editors count them
+
+
 def special_piece_count(rates: tuple[int, ...]) -> int:
     """Pieces a text model holds besides bytes and characters: pad, unk, <boi> and one <fps_R> per rate."""
     return 2 + 1 + len(rates)

@@ -177,7 +177,7 @@ def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset,
     latin.write_bytes("a red circle moves left slowly caf\u00e9\n".encode("latin-1"))
     cases = [
         (["--ckpt", str(bundle), "--prompts", str(prompts)], r"prompts\.txt:2: caption 'a red dog runs'"),
-        (["--ckpt", str(bundle), "--prompts", str(latin)], r"latin\.txt: not UTF-8 text \(at byte offset 34\)"),
+        (["--ckpt", str(bundle), "--prompts", str(latin)], r"latin\.txt: not UTF-8 text \(byte 0xe9 at offset 34\); save the file as UTF-8"),
         ([], "nothing to evaluate"),
         (["--ckpt", str(bundle), "--i3d", str(tmp_path / "i3d.pt")], "give --ckpt and --reference too"),
         (["--ckpt", str(bundle), "--reference", str(shapes_dataset), "--inception", str(tmp_path / "x.pt")],

@@ -118,7 +118,8 @@ class RunDirectory:
         longer matches and export a model that names inputs it never saw. A run without a checkpoint yet has trained
         on nothing: its resume pins the inputs afresh. Call on the main rank only."""
         path = self.root / "inputs.json"
-        if resume and path.exists() and self.latest_tag() is not None:  # no checkpoint: nothing to protect
+        checkpointed = resume and self.latest_tag() is not None  # no checkpoint: nothing to protect
+        if checkpointed and path.exists():
             pinned = json.loads(path.read_text())
             changed = [f"{name}: {pinned.get(name)} -> {inputs.get(name)}"
                        for name in sorted(set(pinned) | set(inputs)) if pinned.get(name) != inputs.get(name)]
@@ -127,7 +128,7 @@ class RunDirectory:
                     f"cannot resume {self.root}: what it reads changed since it started ({'; '.join(changed)}); "
                     "restore those files, or train a new run (another run_dir, or --overwrite)")
             return
-        if resume and self.latest_tag() is not None:
+        if checkpointed:
             logger.warning("--resume: %s records no input checksums (a run from an older version); recording the "
                            "current ones without a check", self.root)
         write_text_atomic(path, json.dumps(inputs, indent=2, sort_keys=True))

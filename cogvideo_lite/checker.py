@@ -22,7 +22,7 @@ Definitions (every measure in pixels of the video's own size):
   from its centre to the midpoint of theirs (where linear motion puts it). Frames where one of the three has no
   object are counted as skipped.
 - consistency: the share of all frames whose colour and shape both equal the video's majority (a frame without an
-  object counts against it).
+  object counts against it); colour consistency and shape consistency count each word alone.
 
 What it does not know: captions, models or files (see `evaluate.py`). Where the idea comes from: the synthetic,
 analytically checkable moving-shape sets used to debug video models (Moving MNIST, Srivastava et al. 2015) and
@@ -92,6 +92,9 @@ class VideoCheck:
     interpolation_errors: tuple[float, ...]  # one per checked non-key frame, pixels
     interpolation_skipped: int           # non-key frames where one of the three frames had no object
     consistency: float                   # share of frames with the majority colour and shape
+    colour_consistency: float            # share of frames with the majority colour
+    shape_consistency: float             # share of frames with the majority shape
+    size: int                            # frame side in pixels (the shorter one)
 
     @property
     def detected(self) -> float:
@@ -264,10 +267,15 @@ def check_video(frames: np.ndarray, key_indices: list[int] | None = None) -> Vid
                                 np.array([checks[key_indices[position]].centre for position in found_keys])
                                 .reshape(-1, 2))
     errors, skipped = interpolation_errors([check.centre for check in checks], stride)
-    consistent = sum(check.colour == colour and check.shape == shape and check.colour is not None
-                     for check in checks)
+    def share(keeps) -> float:
+        return sum(check.colour is not None and keeps(check) for check in checks) / len(frames)
+
+    size = min(frames.shape[1:3])
     return VideoCheck(
         frames=tuple(checks), colour=colour, shape=shape,
-        direction=direction_of(velocity, len(frames) - 1, min(frames.shape[1:3])), velocity=velocity,
+        direction=direction_of(velocity, len(frames) - 1, size), velocity=velocity,
         key_displacement=None if key_velocity is None else math.hypot(*key_velocity),
-        interpolation_errors=tuple(errors), interpolation_skipped=skipped, consistency=consistent / len(frames))
+        interpolation_errors=tuple(errors), interpolation_skipped=skipped,
+        consistency=share(lambda check: check.colour == colour and check.shape == shape),
+        colour_consistency=share(lambda check: check.colour == colour),
+        shape_consistency=share(lambda check: check.shape == shape), size=size)

@@ -15,7 +15,11 @@ measures them with the analytic checker (`checker.py`, where every measure is de
   pipeline's key frames do not depend on the number of rounds;
 - interpolation error: mean over the non-key frames of the distance (pixels) to the midpoint of the two frames
   their round interpolated between;
-- consistency: mean share of frames keeping the video's majority colour and shape.
+- consistency: mean share of frames keeping the video's majority colour and shape; colour and shape consistency:
+  the same for each word alone;
+- speed error: per video, |measured - caption speed| / caption speed, averaged; measured = key-frame displacement x
+  key rate (pixels per second), caption speed = the grammar's (`ClipSpec(size).speed(word)`, default clip length);
+  a video with fewer than 2 key frames showing an object counts as error 1 (no motion measured).
 `--reference DATASET` measures the ground-truth clips of a built-in dataset folder (captions.jsonl, each mp4 with
 its JSON truth beside it) read the same way (the same frame times; resized to the bundle's frame size), so the
 checker's own accuracy is on the same table; a clip that cannot be used is skipped with a warning naming it. With a
@@ -49,7 +53,7 @@ from tqdm import tqdm
 
 from cogvideo_lite.checker import VideoCheck, check_video
 from cogvideo_lite.data.captions import find_captions_file, load_entries
-from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_captions
+from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, ClipSpec, all_captions
 from cogvideo_lite.data.video import BadVideo, read_frames_at
 from cogvideo_lite.frechet import fid, fvd, load_feature_network
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
@@ -63,7 +67,8 @@ logger = logging.getLogger(__name__)
 REFERENCE_KEY_FRAMES = 5  # CogVideo's key-frame stage (DESIGN.md section 5), used when no bundle is given
 CAPTION_PATTERN = re.compile(r"a (\w+) (\w+) moves (\w+) (\w+)")
 IDEAL = {"colour_accuracy": 1.0, "shape_accuracy": 1.0, "direction_accuracy": 1.0, "speed_ratio": 2.0,
-         "retiming_ratio": 2.0, "interpolation_error": 0.0, "consistency": 1.0, "detection_rate": 1.0}
+         "retiming_ratio": 2.0, "speed_error": 0.0, "interpolation_error": 0.0, "consistency": 1.0,
+         "colour_consistency": 1.0, "shape_consistency": 1.0, "detection_rate": 1.0}
 
 
 @dataclass(frozen=True)
@@ -112,22 +117,32 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def _video_entry(check: VideoCheck, words: CaptionWords, caption: str) -> dict:
+def speed_error(check: VideoCheck, speed: str, key_rate: int) -> float:
+    """|measured - caption speed| / caption speed of one video (pixels per second); 1 when no motion was measured."""
+    wanted = ClipSpec(size=check.size).speed(speed)
+    if check.key_displacement is None:
+        return 1.0
+    return abs(check.key_displacement * key_rate - wanted) / wanted
+
+
+def _video_entry(check: VideoCheck, words: CaptionWords, caption: str, key_rate: int) -> dict:
     return {"caption": caption, "colour": check.colour, "shape": check.shape, "direction": check.direction,
-            "key_displacement": check.key_displacement, "consistency": check.consistency,
+            "key_displacement": check.key_displacement, "speed_error": speed_error(check, words.speed, key_rate),
+            "consistency": check.consistency, "colour_consistency": check.colour_consistency,
+            "shape_consistency": check.shape_consistency,
             "detected": check.detected, "interpolation_error": _mean(check.interpolation_errors),
             "correct": {"colour": check.colour == words.colour, "shape": check.shape == words.shape,
                         "direction": check.direction == words.direction}}
 
 
 def evaluate_checks(checks: list[VideoCheck], captions: list[str],
-                    doubled_rate_checks: list[VideoCheck] | None = None) -> dict:
-    """Metrics over checked videos with their captions; doubled_rate_checks[i]: video i's prompt and seed with key
-    frames at twice the rate (retiming). A measure that has nothing to average is None."""
+                    doubled_rate_checks: list[VideoCheck] | None = None, key_rate: int = 1) -> dict:
+    """Metrics over checked videos with their captions, key frames at `key_rate` fps; doubled_rate_checks[i]: video
+    i's prompt and seed with key frames at twice the rate (retiming). A measure that has nothing to average is None."""
     if len(checks) != len(captions) or not checks:
         raise ValueError(f"evaluate: {len(checks)} videos for {len(captions)} captions; expected one caption each")
     words = [parse_caption(caption) for caption in captions]
-    entries = [_video_entry(check, word, caption) for check, word, caption in zip(checks, words, captions)]
+    entries = [_video_entry(check, word, caption, key_rate) for check, word, caption in zip(checks, words, captions)]
     displacement = {speed: [check.key_displacement for check, word in zip(checks, words)
                             if word.speed == speed and check.key_displacement is not None] for speed in SPEEDS}
     errors = [error for check in checks for error in check.interpolation_errors]
@@ -139,7 +154,9 @@ def evaluate_checks(checks: list[VideoCheck], captions: list[str],
         "speed_videos": {speed: len(values) for speed, values in displacement.items()},
         "interpolation_error": _mean(errors), "interpolated_frames": len(errors),
         "interpolation_skipped": sum(check.interpolation_skipped for check in checks),
-        "consistency": _mean([check.consistency for check in checks]),
+        **{key: _mean([entry[key] for entry in entries])
+           for key in ("speed_error", "consistency", "colour_consistency", "shape_consistency")},
+        "speed_unmeasured": sum(check.key_displacement is None for check in checks),
         "detection_rate": _mean([check.detected for check in checks]),
     }
     results["speed_ratio"] = _ratio(results["displacement_quickly"], results["displacement_slowly"])
@@ -162,12 +179,13 @@ def _retiming(checks: list[VideoCheck], doubled_rate_checks: list[VideoCheck] | 
 
 
 def evaluate_videos(videos: Sequence[FramesWithKeys], captions: list[str],
-                    doubled_rate_videos: Sequence[FramesWithKeys] | None = None) -> dict:
-    """Check every video (frames (T, H, W, 3) uint8 with its key_indices) and measure them against the captions."""
+                    doubled_rate_videos: Sequence[FramesWithKeys] | None = None, key_rate: int = 1) -> dict:
+    """Check every video (frames (T, H, W, 3) uint8 with its key_indices, key frames at `key_rate` fps) and measure
+    them against the captions."""
     checks = [check_video(video.frames, video.key_indices) for video in videos]
     doubled = None if doubled_rate_videos is None else [check_video(video.frames, video.key_indices)
                                                         for video in doubled_rate_videos]
-    return evaluate_checks(checks, captions, doubled)
+    return evaluate_checks(checks, captions, doubled, key_rate)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("%d prompt(s) x %d seed(s): key frames at %d fps, %d round(s)", len(prompts), args.seeds,
                     rate, rounds)
         videos, doubled = generate(pipeline, prompts, knobs, rate, rounds, args)
-        report["generated"] = evaluate_videos(videos, captions, doubled)
+        report["generated"] = evaluate_videos(videos, captions, doubled, rate)
     if args.reference is not None:
         key_frames = REFERENCE_KEY_FRAMES if pipeline is None else pipeline.num_key_frames
         size = None if pipeline is None else pipeline.tokenizer.config.image_size
@@ -393,7 +411,7 @@ def main(argv: list[str] | None = None) -> dict:
             clips = round_trip(pipeline, clips)
             doubled_clips = None if doubled_clips is None else round_trip(pipeline, doubled_clips)
         if clips:
-            report["reference"] = evaluate_videos(clips, [clip.caption for clip in clips], doubled_clips)
+            report["reference"] = evaluate_videos(clips, [clip.caption for clip in clips], doubled_clips, rate)
         if videos is not None and (args.i3d or args.inception):
             if min(len(videos), len(clips)) < 2:
                 logger.warning("FVD / FID skipped: they need at least 2 videos on each side, got %d generated and "

@@ -105,6 +105,7 @@ def test_colour_change_halfway_is_inconsistent():
     mixed = np.concatenate([red[:20], green[20:FRAMES]])  # same path, colour switches at frame 20
     check = check_video(mixed, KEY_INDICES)
     assert check.colour == "red" and check.consistency == pytest.approx(20 / FRAMES)
+    assert check.colour_consistency == pytest.approx(20 / FRAMES) and check.shape_consistency == 1.0
     assert check.direction == "right"
     assert [frame.colour for frame in check.frames] == ["red"] * 20 + ["green"] * (FRAMES - 20)
 
@@ -115,6 +116,7 @@ def test_shape_change_is_inconsistent_and_a_still_object_has_no_direction():
     mixed = np.concatenate([triangle[:10], circle[10:FRAMES]])
     check = check_video(mixed, KEY_INDICES)
     assert check.shape == "circle" and check.consistency == pytest.approx(23 / FRAMES)
+    assert check.shape_consistency == pytest.approx(23 / FRAMES) and check.colour_consistency == 1.0
     still = np.repeat(circle[:1], FRAMES, axis=0)
     assert check_video(still, KEY_INDICES).direction == STILL
     assert check_video(still, KEY_INDICES).key_displacement == pytest.approx(0.0, abs=1e-9)
@@ -127,6 +129,7 @@ def test_frames_without_an_object_are_counted_not_guessed():
     check = check_video(frames, KEY_INDICES)
     assert check.frames[2].colour is None and check.frames[2].centre is None
     assert check.detected == pytest.approx(32 / 33) and check.consistency == pytest.approx(32 / 33)
+    assert check.colour_consistency == check.shape_consistency == pytest.approx(32 / 33)
     assert check.interpolation_skipped == 3  # frame 2 itself, and frames 1 and 3 made from it
     assert len(check.interpolation_errors) == FRAMES - len(KEY_INDICES) - 3
     empty = check_video(np.full((5, 64, 64, 3), 30, dtype=np.uint8))

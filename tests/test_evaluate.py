@@ -45,14 +45,30 @@ def test_ground_truth_reaches_the_ideal_values():
     clips, doubled = [pair[0] for pair in pairs], [pair[1] for pair in pairs]
     results = evaluate_videos(clips, [clip.caption for clip in clips], doubled)
     assert results["videos"] == 4 and results["speed_videos"] == {"slowly": 2, "quickly": 2}
-    for key in ("colour_accuracy", "shape_accuracy", "direction_accuracy", "consistency", "detection_rate"):
+    for key in ("colour_accuracy", "shape_accuracy", "direction_accuracy", "consistency", "colour_consistency",
+                "shape_consistency", "detection_rate"):
         assert results[key] == 1.0, key
+    # SPEC's clips last 4.5 s, the grammar's 5 s: the same travel in less time is 5 / 4.5 times the caption speed
+    assert results["speed_error"] == pytest.approx(5 / 4.5 - 1, abs=0.02) and results["speed_unmeasured"] == 0
     assert results["speed_ratio"] == pytest.approx(2.0, rel=0.03)
     assert results["retiming_ratio"] == pytest.approx(2.0, rel=0.03) and results["retiming_pairs"] == 4
     assert results["interpolation_error"] < 0.3 and results["interpolated_frames"] == 4 * (FRAMES - 5)
     speed = SPEC.speed("quickly")  # pixels per second = per key frame at 1 fps
     assert results["displacement_quickly"] == pytest.approx(speed, abs=0.3)
     assert [entry["caption"] for entry in results["per_video"]] == [caption_for(*words) for words in WORDS]
+
+
+def test_speed_error_is_relative_to_the_caption_speed():
+    clip, _ = rendered(("red", "circle", "left", "quickly"), seed=0)
+    factor = 5 / SPEC.seconds  # the clip's speed over the grammar's (its clips last 5 s)
+    results = evaluate_videos([clip, clip], ["a red circle moves left quickly", "a red circle moves left slowly"])
+    errors = [entry["speed_error"] for entry in results["per_video"]]
+    assert errors[0] == pytest.approx(factor - 1, abs=0.02)
+    assert errors[1] == pytest.approx(2 * factor - 1, abs=0.04)  # quickly is twice slowly
+    still = ReferenceClip(clip.caption, np.repeat(clip.frames[:1], FRAMES, axis=0), KEY_INDICES)
+    assert evaluate_videos([still], [clip.caption])["speed_error"] == pytest.approx(1.0, abs=1e-6)
+    at_two_fps = evaluate_videos([clip], [clip.caption], key_rate=2)  # the same key frames read as twice as fast
+    assert at_two_fps["speed_error"] == pytest.approx(2 * factor - 1, abs=0.04)
 
 
 def test_wrong_direction_and_wrong_colour_are_counted_wrong():
@@ -119,7 +135,8 @@ def test_command_writes_every_measure_for_generated_and_reference_videos(bundle,
     expected = {"videos", "colour_accuracy", "shape_accuracy", "direction_accuracy", "speed_ratio", "speed_videos",
                 "displacement_quickly", "displacement_slowly", "retiming_ratio", "retiming_pairs",
                 "interpolation_error", "interpolated_frames", "interpolation_skipped", "consistency",
-                "detection_rate", "per_video"}
+                "colour_consistency", "shape_consistency", "speed_error", "speed_unmeasured", "detection_rate",
+                "per_video"}
     generated, reference = report["generated"], report["reference"]
     assert expected <= set(generated) and expected <= set(reference)
     assert generated["videos"] == 2 and reference["videos"] == 3

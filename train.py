@@ -129,12 +129,12 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
             last_logged = done
             log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info)
         if train.eval_every and done % train.eval_every == 0 and done != train.steps:
-            evaluate(task, run, done, dist_info)
+            evaluate(task, run, done, dist_info, bar)
         if done % train.save_every == 0 or done == train.steps:
             run.save(engine, done, {"step": done}, task.export, train.keep_checkpoints)
     bar.close()
     check_replicas(task, run, train.steps, dist_info)
-    evaluate(task, run, train.steps, dist_info)
+    evaluate(task, run, train.steps, dist_info, bar)
     if dist_info.is_main:
         tag = run.latest_tag()
         if tag is not None:
@@ -209,12 +209,17 @@ def check_replicas(task: Task, run: RunDirectory, step: int, dist_info: distribu
             logger.error("ranks ended with different weights or buffers: a rank-local update is out of step")
 
 
-def evaluate(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo) -> None:
+def evaluate(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo, bar) -> None:
+    """The task's eval-time measures, logged as an `eval` line of metrics.jsonl; the headline ones (the task's
+    `eval_progress_keys`) stay on the progress bar until the next evaluation."""
     if dist_info.is_main:
         results = task.evaluate(dist_info.device)
         if results:
             run.log_metrics({"step": step, "eval": True, **results})
             logger.info("eval at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+            shown = [f"{short} {results[key]:.3g}" for key, short in task.eval_progress_keys.items() if key in results]
+            if shown:
+                bar.set_description(f"{bar.desc.split(' [')[0]} [{', '.join(shown)}]")
     distributed.barrier()
 
 

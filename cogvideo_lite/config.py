@@ -129,11 +129,29 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """What a generator run measures at `train.eval_every` and at its end (tasks/probe.py)."""
+
+    shards: str = ""  # token shards of held-out clips (same frame tokenizer and text model): held-out loss, probed clips
+    tokenizer: str = ""  # the shards' frame tokenizer export: drawn frames are decoded and read by the shapes checker
+    clips: int = 24  # clips probed (their captions, first frames, key frames)
+
+    def problems(self, stage: str) -> list[str]:
+        out = []
+        if stage == "tokenizer" and (self.shards or self.tokenizer):
+            out.append("eval.shards, eval.tokenizer: the tokenizer stage evaluates on data.heldout instead")
+        if self.clips < 1:
+            out.append(f"eval.clips={self.clips}: expected an integer >= 1")
+        return out
+
+
+@dataclass(frozen=True)
 class RunConfig:
     stage: str
     run_dir: str
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     tokenizer: TokenizerConfig | None = None  # tokenizer stage only
     model: GeneratorConfig | None = None  # generator stages only
     image_checkpoint: str = ""  # video stages: the image-stage run whose frozen weights they extend
@@ -212,6 +230,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
     sections = {
         "train": build_dataclass(TrainConfig, raw.pop("train", {}) or {}, "train", problems),
         "data": build_dataclass(DataConfig, raw.pop("data", {}) or {}, "data", problems),
+        "eval": build_dataclass(EvalConfig, raw.pop("eval", {}) or {}, "eval", problems),
     }
     if "tokenizer" in raw:
         sections["tokenizer"] = build_sized(TokenizerConfig, TOKENIZER_SIZES, raw.pop("tokenizer"), "tokenizer", problems)
@@ -227,7 +246,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
 
 def _cross_field_problems(config: RunConfig) -> list[str]:
     """Rules that tie sections together; the one place where they live."""
-    out = config.train.problems() + config.data.problems(config.stage)
+    out = config.train.problems() + config.data.problems(config.stage) + config.eval.problems(config.stage)
     if config.stage == "tokenizer" and config.tokenizer is None:
         out.append("tokenizer: expected a tokenizer section (e.g. `tokenizer: {size: tiny}`) for the tokenizer stage")
     if config.stage != "tokenizer" and config.model is None:

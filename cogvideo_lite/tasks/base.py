@@ -22,6 +22,7 @@ class StepOutput:
 class Task(Protocol):
     module: torch.nn.Module  # what DeepSpeed wraps: forward(batch: dict, step: int) -> StepOutput
     progress_keys: tuple[str, ...]  # metrics shown on the progress bar
+    eval_progress_keys: dict[str, str]  # eval-time measures shown on the progress bar, by their short names
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]: ...
 

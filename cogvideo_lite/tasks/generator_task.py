@@ -34,11 +34,14 @@ from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
 from cogvideo_lite.shards import TEXT_COPY, TokenShards
 from cogvideo_lite.tasks.base import StepOutput
+from cogvideo_lite.tasks.probe import StageProbe
 from cogvideo_lite.text import TextTokenizer
 
 logger = logging.getLogger(__name__)
 
 CAPTION_DROPOUT_STREAM = 7  # salt that separates the caption-dropout draws from other per-sample randomness
+HELDOUT_SAMPLES = 256  # samples of the held-out loss (evenly spaced over the eval shards)
+HELDOUT_BATCH = 32  # samples per forward pass of the held-out loss
 
 
 def interpolation_rates(rates: tuple[int, ...]) -> tuple[int, ...]:
@@ -76,6 +79,9 @@ def architecture(model: dict[str, Any]) -> dict[str, Any]:
 
 class GeneratorTask:
     progress_keys = ("loss", "accuracy")
+    eval_progress_keys = {"heldout_loss": "held-out loss", "direction_accuracy": "direction",
+                          "still_share": "still", "code_change": "changes", "shape_accuracy": "shape",
+                          "interpolation_error": "interp px"}
 
     def __init__(self, config: RunConfig):
         self.config = config
@@ -95,7 +101,8 @@ class GeneratorTask:
         self.model = self._build_model()
         self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame)
         self.plan = self.module.plan
-        self.indices = self._sample_indices(meta["num_frames"])
+        self.indices = self._sample_indices(self.shards)
+        self.probe = self._build_probe()
 
     # -- building ---------------------------------------------------------------------------------------------------
 
@@ -138,14 +145,27 @@ class GeneratorTask:
         logger.info("%s stage: temporal weights start from %s%s", self.stage, directory,
                     " (trained on other image weights)" if self.config.init_from_other_image else "")
 
-    def _sample_indices(self, shard_frames: int) -> list[int]:
+    def _sample_indices(self, shards: TokenShards) -> list[int]:
         if self.stage == "image":
-            return list(range(len(self.shards) * shard_frames))  # (sample, frame) pairs flattened
+            return list(range(len(shards) * shards.meta["num_frames"]))  # (sample, frame) pairs flattened
         rates = self.text.rates if self.stage == "keyframe" else interpolation_rates(self.text.rates)
-        indices = self.shards.indices_with_rate(rates)
-        logger.info("%s stage: %d of %d shard samples have a usable rate %s", self.stage, len(indices),
-                    len(self.shards), rates)
+        indices = shards.indices_with_rate(rates)
+        logger.info("%s stage: %d of %d shard samples in %s have a usable rate %s", self.stage, len(indices),
+                    len(shards), shards.directory, rates)
         return indices
+
+    def _build_probe(self) -> StageProbe:
+        """The eval-time measures (tasks/probe.py) on `eval.shards` (checked to share the training shards'
+        tokenizers and geometry), else on the training shards."""
+        heldout = bool(self.config.eval.shards)
+        shards = TokenShards(Path(self.config.eval.shards)) if heldout else self.shards
+        if heldout:
+            shards.require_tokenizers(self.shards.meta["frame_tokenizer"]["weights_sha256"],
+                                      self.text.spec["model_sha256"])
+            for key in ("num_frames", "grid", "text_length", "rates"):
+                require_same(f"shard {key}", self.shards.meta[key], shards.meta[key], f"eval.shards {shards.directory}")
+        return StageProbe(self.plan, self.layout, self.text, shards, heldout, self.config.eval.tokenizer,
+                          self.config.eval.clips)
 
     # -- Task interface ---------------------------------------------------------------------------------------------
 
@@ -156,25 +176,43 @@ class GeneratorTask:
         return len(self.indices)
 
     def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]:
+        dropped = [self._drop_caption(epoch, index) for epoch, index in items]
+        return self._examples(self.shards, [self.indices[index] for _, index in items], dropped, device)
+
+    def _examples(self, shards: TokenShards, positions: list[int], dropped: list[bool],
+                  device: torch.device) -> dict[str, Any]:
+        """The batch of the samples at `positions` (entries of `_sample_indices(shards)`), captions dropped where
+        `dropped` says."""
         texts, fps_ids, codes = [], [], []
-        frames_per_sample = self.shards.meta["num_frames"]
-        for epoch, index in items:
+        frames_per_sample = shards.meta["num_frames"]
+        for position, drop in zip(positions, dropped):
             if self.stage == "image":
-                sample, frame = divmod(self.indices[index], frames_per_sample)
-                item = self.shards[sample]
+                sample, frame = divmod(position, frames_per_sample)
+                item = shards[sample]
                 clip = item["codes"][frame:frame + 1]  # (1, h, w)
             else:
-                item = self.shards[self.indices[index]]
+                item = shards[position]
                 clip = item["codes"][list(self.plan.frame_positions)]  # (T, h, w) in slot order
-            text = item["text"]
-            if self._drop_caption(epoch, index):
-                text = torch.full_like(text, self.text.pad_id)
-            texts.append(text)
+            texts.append(torch.full_like(item["text"], self.text.pad_id) if drop else item["text"])
             fps_ids.append(self.text.fps_id(item["fps"]))
             codes.append(clip)
         text_ids = torch.stack(texts)  # (B, L)
         tokens = self.layout.assemble(text_ids, torch.tensor(fps_ids), torch.stack(codes), self.text.boi_id)
         return {"tokens": tokens.to(device), "text_pad": (text_ids == self.text.pad_id).to(device)}
+
+    @torch.no_grad()
+    def _mean_loss(self, shards: TokenShards) -> float:
+        """The stage's loss over (at most HELDOUT_SAMPLES evenly spaced) samples of `shards`, captions kept."""
+        positions = self._sample_indices(shards)
+        positions = positions[::max(1, len(positions) // HELDOUT_SAMPLES)][:HELDOUT_SAMPLES]
+        device = next(self.model.parameters()).device
+        total = 0.0
+        for start in range(0, len(positions), HELDOUT_BATCH):
+            chunk = positions[start:start + HELDOUT_BATCH]
+            batch = self._examples(shards, chunk, [False] * len(chunk), device)
+            logits = self.model(batch["tokens"], batch["text_pad"], self.stage)
+            total += stage_loss(logits.float(), batch["tokens"], self.layout, self.plan.loss_slots).item() * len(chunk)
+        return total / len(positions)
 
     def _drop_caption(self, epoch: int, index: int) -> bool:
         rate = self.config.data.caption_dropout
@@ -189,7 +227,13 @@ class GeneratorTask:
                    learns_first_frame=self.config.learn_first_frame, steady_margin=self.steady_margin)
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
-        return {}
+        """The probe's measures (tasks/probe.py), with the model in eval mode for their length."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.probe.measure(self.model, self._mean_loss)
+        finally:
+            self.model.train(was_training)
 
     def inputs(self) -> dict[str, str]:
         """What this run reads besides its config, by checksum: a resume must find the same (the video stages keep

@@ -113,6 +113,7 @@ class TokenizerObjective(nn.Module):
 
 class TokenizerTask:
     progress_keys = ("total", "psnr", "usage")
+    eval_progress_keys = {"heldout_psnr": "held-out PSNR", "heldout_usage": "held-out usage"}
 
     def __init__(self, config: RunConfig):
         self.config = config

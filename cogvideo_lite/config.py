@@ -174,6 +174,10 @@ class RunConfig:
     # frame alone, and a fresh stage that starts at an even mix keeps leaning on it (BENCHMARKS.md, third GPU
     # session): a lower share starts it on its temporal channel, which carries the motion.
     spatial_share_init: float = 0.5
+    # video stages: a code that differs from the same grid position of the frame one step earlier weighs this much in
+    # the loss (1: the plain mean). Most codes repeat the frame before, so under the plain mean a stage that copies
+    # frames scores nearly as well as one that moves the object.
+    change_weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
@@ -267,6 +271,11 @@ def _cross_field_problems(config: RunConfig) -> list[str]:
             out.append("spatial_share_init: a warm start (init_from) keeps the mix it was trained with")
     if not 0 < config.spatial_share_init < 1:
         out.append(f"spatial_share_init={config.spatial_share_init!r}: expected a share strictly between 0 and 1")
+    if config.change_weight != 1 and config.stage not in VIDEO_STAGES:
+        out.append(f"change_weight: weighs codes that change between frames, in the video stages, not the "
+                   f"{config.stage} stage")
+    if not config.change_weight > 0:
+        out.append(f"change_weight={config.change_weight!r}: expected a number > 0")
     if config.init_from_other_image and (config.stage not in VIDEO_STAGES or not config.init_from):
         out.append("init_from_other_image: lets a video-stage warm start (init_from) come from other image weights")
     if config.init_fresh and (config.stage != "tokenizer" or not config.init_from):

@@ -9,7 +9,7 @@ import torch
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
 from cogvideo_lite.model.masks import stage_masks, stage_plan, with_text_padding
-from cogvideo_lite.model.transformer import Generator, stage_loss
+from cogvideo_lite.model.transformer import Generator, change_weights, stage_loss
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)
 CONFIG = GeneratorConfig(dim=32, depth=2, heads=2)
@@ -168,6 +168,39 @@ def test_stage_loss_equals_per_code_cross_entropy():
     torch.testing.assert_close(stage_loss(logits, tokens, LAYOUT, loss_slots), expected, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="not image codes"):
         stage_loss(logits, tokens.roll(1, dims=1), LAYOUT, loss_slots)
+
+
+def test_change_weights_mark_codes_that_differ_from_the_frame_before_in_time():
+    codes = torch.zeros(1, 5, 2, 2, dtype=torch.long)  # true frames 0..4, all code 0 ...
+    codes[0, 1, 0, 1] = 4  # ... but frame 1 at (0, 1)
+    codes[0, 3, 1, 1] = 9  # and frame 3 at (1, 1)
+    text, fps = torch.zeros(1, LAYOUT.text_length, dtype=torch.long), torch.tensor([5])
+    keyframe = stage_plan(LAYOUT, "keyframe", learn_first_frame=True)  # slots = true frames 0..4
+    weights = change_weights(LAYOUT.assemble(text, fps, codes, BOI_ID), LAYOUT, keyframe, 3.0).view(5, 4)
+    expected = torch.ones(5, 4)
+    expected[1, 1] = expected[2, 1] = 3  # (0, 1) changes into frame 1 and back in frame 2
+    expected[3, 3] = expected[4, 3] = 3
+    torch.testing.assert_close(weights, expected)
+    interpolate = stage_plan(LAYOUT, "interpolate")  # slots hold true frames 0, 2, 4, 1, 3; loss on 1 and 3
+    slot_order = codes[:, list(interpolate.frame_positions)]
+    weights = change_weights(LAYOUT.assemble(text, fps, slot_order, BOI_ID), LAYOUT, interpolate, 3.0).view(2, 4)
+    torch.testing.assert_close(weights, torch.tensor([[1.0, 3, 1, 1], [1, 1, 1, 3]]))  # frame 1 vs 0, 3 vs 2
+
+
+def test_weighted_stage_loss_is_the_weighted_mean_of_per_code_cross_entropy():
+    model = make_model()
+    tokens = make_tokens(LAYOUT)
+    with torch.no_grad():
+        logits = model(tokens, TEXT_PAD, "keyframe")
+    loss_slots = stage_plan(LAYOUT, "keyframe").loss_slots
+    weights = torch.rand(2, len(loss_slots) * LAYOUT.tokens_per_frame, dtype=torch.float64) + 0.5
+    terms = torch.stack([torch.stack([-logits[sample, LAYOUT.slot_start(slot) + index].log_softmax(-1)[
+        tokens[sample, LAYOUT.slot_start(slot) + 1 + index] - LAYOUT.image_offset]
+        for slot in loss_slots for index in range(LAYOUT.tokens_per_frame)]) for sample in range(2)])  # (B, N)
+    expected = (terms * weights).sum() / weights.sum()
+    torch.testing.assert_close(stage_loss(logits, tokens, LAYOUT, loss_slots, weights), expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(stage_loss(logits, tokens, LAYOUT, loss_slots, torch.ones_like(weights)),
+                               stage_loss(logits, tokens, LAYOUT, loss_slots), rtol=0, atol=1e-12)
 
 
 def train_steps(model: Generator, parameters, tokens: torch.Tensor, stage: str, steps: int) -> list[float]:

@@ -27,7 +27,7 @@ from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.attention import DualChannelAttention
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import StageMasks, stage_masks, stage_plan, with_text_padding
+from cogvideo_lite.model.masks import StageMasks, StagePlan, stage_masks, stage_plan, with_text_padding
 
 INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation of linear and embedding weights
 
@@ -241,11 +241,12 @@ class Generator(nn.Module):
 
 
 def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayout,
-               loss_slots: tuple[int, ...]) -> torch.Tensor:
-    """Mean cross-entropy over the codes of `loss_slots`.
+               loss_slots: tuple[int, ...], weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the codes of `loss_slots`, or its `weights`-weighted mean.
 
     logits (B, S, codebook_size) from `Generator.forward`; tokens (B, S) the same sequence; layout with the
-    sequence's frame count; loss_slots e.g. `stage_plan(layout, stage).loss_slots`.
+    sequence's frame count; loss_slots e.g. `stage_plan(layout, stage).loss_slots`; weights (B, N) >= 0, one per
+    code of the loss slots in slot order (N = len(loss_slots) * tokens per frame), e.g. `change_weights`.
     """
     if not loss_slots:
         raise ValueError("stage_loss needs at least one loss slot")
@@ -256,4 +257,23 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
     targets = torch.cat([tokens[:, layout.code_slice(slot)] for slot in loss_slots], dim=1) - layout.image_offset
     if targets.min() < 0 or targets.max() >= layout.codebook_size:
         raise ValueError(f"loss slots {tuple(loss_slots)} hold ids that are not image codes")
-    return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1))
+    if weights is None:
+        return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1))
+    losses = F.cross_entropy(predictions.transpose(1, 2), targets, reduction="none")  # (B, N)
+    return (losses * weights).sum() / weights.sum()
+
+
+def change_weights(tokens: torch.Tensor, layout: SequenceLayout, plan: StagePlan, weight: float) -> torch.Tensor:
+    """(B, N) loss weights for the codes of `plan.loss_slots`: `weight` where a code differs from the code at the
+    same grid position in the frame one step earlier in time (where the motion is), 1 elsewhere and in frame 0.
+    Most codes of a video repeat the frame before; a plain mean leaves a stage that copies frames nearly as good as
+    one that moves them."""
+    slot_of_frame = {frame: slot for slot, frame in enumerate(plan.frame_positions)}
+    parts = []
+    for slot in plan.loss_slots:
+        codes = tokens[:, layout.code_slice(slot)]  # (B, n)
+        before = slot_of_frame.get(plan.frame_positions[slot] - 1)
+        changed = torch.zeros_like(codes, dtype=torch.bool) if before is None else \
+            codes != tokens[:, layout.code_slice(before)]
+        parts.append(1 + (weight - 1) * changed.float())
+    return torch.cat(parts, dim=1)  # (B, N)

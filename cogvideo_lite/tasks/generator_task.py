@@ -31,7 +31,7 @@ from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, Checkpoi
                                        read_weights, require_image_export, require_same, save_stage)
 from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
-from cogvideo_lite.model.transformer import Generator, stage_loss
+from cogvideo_lite.model.transformer import Generator, change_weights, stage_loss
 from cogvideo_lite.shards import TEXT_COPY, TokenShards
 from cogvideo_lite.tasks.base import StepOutput
 from cogvideo_lite.tasks.probe import StageProbe
@@ -52,17 +52,21 @@ def interpolation_rates(rates: tuple[int, ...]) -> tuple[int, ...]:
 class GeneratorObjective(nn.Module):
     """What DeepSpeed wraps: the generator plus its stage, returning the stage's cross-entropy."""
 
-    def __init__(self, model: Generator, stage: str, layout: SequenceLayout, learn_first_frame: bool = False):
+    def __init__(self, model: Generator, stage: str, layout: SequenceLayout, learn_first_frame: bool = False,
+                 change_weight: float = 1.0):
         super().__init__()
         self.model = model
         self.stage = stage
         self.layout = layout
         self.plan = stage_plan(layout, stage, learn_first_frame)
+        self.change_weight = change_weight
 
     def forward(self, batch: dict[str, Any], step: int):
         tokens = batch["tokens"]  # (B, S) joint-vocabulary ids
         logits = self.model(tokens, batch["text_pad"], self.stage)  # (B, S, codebook_size)
-        loss = stage_loss(logits, tokens, self.layout, self.plan.loss_slots)
+        weights = None if self.change_weight == 1 else change_weights(tokens, self.layout, self.plan,
+                                                                      self.change_weight)
+        loss = stage_loss(logits, tokens, self.layout, self.plan.loss_slots, weights)
         with torch.no_grad():
             slot = self.plan.loss_slots[0]
             predicted = logits[:, self.layout.prediction_slice(slot)].argmax(-1)
@@ -99,7 +103,8 @@ class GeneratorTask:
                           "rates": list(self.text.rates)}
         self.steady_margin = float(meta.get("prepare", {}).get("steady_margin", 0.0))  # how the shards were encoded
         self.model = self._build_model()
-        self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame)
+        self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame,
+                                         config.change_weight)
         self.plan = self.module.plan
         self.indices = self._sample_indices(self.shards)
         self.probe = self._build_probe()

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from cogvideo_lite.checkpoint import sha256_file
 from cogvideo_lite.layout import SequenceLayout
-from cogvideo_lite.model.config import GeneratorConfig
+from cogvideo_lite.model.config import GeneratorConfig, weight_fields
 from cogvideo_lite.model.transformer import Generator
 
 SPEC_FILE = "generator.json"
@@ -123,13 +123,14 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} extends the image export {image_dir}, which is missing ({weights})")
     require_image_export(spec, image_dir, str(directory))
-    model, image_spec = load_image_model(image_dir, device)
-    for key in ("model", "layout"):
-        expected = {**spec[key], "num_frames": None} if key == "layout" else spec[key]
-        actual = {**image_spec[key], "num_frames": None} if key == "layout" else image_spec[key]
+    image, image_spec = load_image_model(image_dir, device)
+    for key, expected, actual in (("model", weight_fields(spec["model"]), weight_fields(image_spec["model"])),
+                                  ("layout", {**spec["layout"], "num_frames": None},
+                                   {**image_spec["layout"], "num_frames": None})):
         if expected != actual:
             raise CheckpointMismatch(f"{directory}: {key} {expected} differs from the image export's {actual}")
-    model.layout = layout_from_dict(spec["layout"])
+    model = Generator(GeneratorConfig(**_tuples(spec["model"])), layout_from_dict(spec["layout"]))  # its own window
+    model.load_state_dict(image.state_dict(), strict=True)
     model.load_temporal_state_dict(read_weights(Path(directory) / TEMPORAL_WEIGHTS))
     return model.to(device).eval(), spec
 

@@ -19,6 +19,7 @@ from bench.reliability import build_toy_inputs
 from cogvideo_lite.bundle import check_contracts, resolve_parts
 from cogvideo_lite.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError, sha256_file
 from cogvideo_lite.config import load_config
+from cogvideo_lite.model.config import weight_fields
 from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
                                         read_spec, save_stage)
 from cogvideo_lite.tasks.generator_task import GeneratorTask
@@ -144,8 +145,8 @@ def test_video_stage_refuses_an_image_export_altered_by_one_byte(copy):
 def test_video_stage_refuses_an_image_export_of_another_size_or_layout(copy, key, change):
     image = read_spec(copy / "image")[key]
     stage = edit_spec(copy / "interpolate", change)[key]
-    message = (f"{key} {({**stage, 'num_frames': None} if key == 'layout' else stage)} differs from the image "
-               f"export's {({**image, 'num_frames': None} if key == 'layout' else image)}")
+    compared = (lambda part: {**part, "num_frames": None}) if key == "layout" else weight_fields
+    message = f"{key} {compared(stage)} differs from the image export's {compared(image)}"
     with pytest.raises(CheckpointMismatch) as refused:
         load_stage(copy / "interpolate", image_dir=copy / "image")
     assert message in str(refused.value)
@@ -225,8 +226,20 @@ def test_video_stage_training_extends_a_fitting_image_export(toy):
 
 
 def test_video_stage_training_refuses_an_image_export_of_another_size(toy):
-    with pytest.raises(CheckpointMismatch, match=r"model config is \{'dim': 32.*expected \{'dim': 64"):
+    with pytest.raises(CheckpointMismatch, match=r"architecture is \{'dim': 32.*expected \{'dim': 64"):
         keyframe_task(toy, "model.dim=64")
+
+
+def test_video_stage_sets_its_own_temporal_window_and_dropout_over_the_image_export(toy, tmp_path):
+    """The window and dropout change what a stage computes, not its weights: the image export has neither."""
+    task = keyframe_task(toy, "model.dim=32", "model.temporal_window=[4, 1, 1]", "model.dropout=0.1")
+    assert (task.model.config.temporal_window, task.model.config.dropout) == ((4, 1, 1), 0.1)
+    task.export(tmp_path / "keyframe")
+    model, spec = load_stage(tmp_path / "keyframe", image_dir=toy[1] / "model")
+    assert model.config.temporal_window == (4, 1, 1) and spec["model"]["temporal_window"] == [4, 1, 1]
+    image = load_image_model(toy[1] / "model")[0].state_dict()
+    for name in model.spatial_parameter_names():
+        assert torch.equal(model.state_dict()[name], image[name]), name
 
 
 @pytest.mark.parametrize("what, change", [

@@ -59,6 +59,16 @@ class GeneratorConfig:
         return self.dim // self.heads
 
 
+# Fields that change what a model computes but not the weights it stores: a video stage may set them apart from the
+# image export it extends (the window restricts only the temporal channel, which the image stage does not use).
+NOT_IN_WEIGHTS = ("dropout", "activation_checkpointing", "temporal_window")
+
+
+def weight_fields(config: dict) -> dict:
+    """The fields of a (JSON) model config that shape its weights: configs equal here load each other's weights."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if k not in NOT_IN_WEIGHTS}
+
+
 GENERATOR_SIZES: dict[str, GeneratorConfig] = {
     "tiny": GeneratorConfig(dim=256, depth=4, heads=4),
     "small": GeneratorConfig(dim=512, depth=12, heads=8),

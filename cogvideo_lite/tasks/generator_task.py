@@ -30,6 +30,7 @@ from cogvideo_lite.config import RunConfig
 from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
                                        read_weights, require_image_export, require_same, save_stage)
 from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.config import weight_fields
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, change_weights, stage_loss
 from cogvideo_lite.shards import TEXT_COPY, TokenShards
@@ -75,12 +76,6 @@ class GeneratorObjective(nn.Module):
         return StepOutput(loss=loss, metrics={"loss": loss.item(), "accuracy": accuracy})
 
 
-def architecture(model: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a model config that shape its weights (dropout and checkpointing only change training)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in model.items()
-            if k not in ("dropout", "activation_checkpointing")}
-
-
 class GeneratorTask:
     progress_keys = ("loss", "accuracy")
     eval_progress_keys = {"heldout_loss": "held-out loss", "direction_accuracy": "direction",
@@ -115,9 +110,11 @@ class GeneratorTask:
         if self.stage == "image":
             return Generator(self.config.model, self.layout)
         self.image_dir = Path(self.config.image_checkpoint) / "model"
-        model, spec = load_image_model(self.image_dir)
+        image, spec = load_image_model(self.image_dir)
         where = f"image checkpoint {self.image_dir}"
-        require_same("model config", asdict(self.config.model), {**asdict(model.config), **{}}, where)
+        require_same("architecture", weight_fields(asdict(self.config.model)), weight_fields(spec["model"]), where)
+        model = Generator(self.config.model, image.layout)  # this run's dropout, checkpointing, temporal window
+        model.load_state_dict(image.state_dict(), strict=True)
         require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
         require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
                      spec["frame_tokenizer"]["weights_sha256"], where)
@@ -139,7 +136,7 @@ class GeneratorTask:
         where = f"init_from {directory}"
         require_same("stage", self.stage, spec["stage"], where)
         if self.config.init_from_other_image:
-            require_same("architecture", architecture(asdict(self.config.model)), architecture(spec["model"]), where)
+            require_same("architecture", weight_fields(asdict(self.config.model)), weight_fields(spec["model"]), where)
             require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
             require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
                          spec["frame_tokenizer"]["weights_sha256"], where)

@@ -35,9 +35,9 @@ from safetensors import SafetensorError
 
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
-from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
+from cogvideo_lite.sample.knobs import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
                                          knobs_from_arguments, missing_expert)
-from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
+from cogvideo_lite.sample.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import PromptTooLong, read_prompt_lines
 
 logger = logging.getLogger("sample")

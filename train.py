@@ -17,14 +17,14 @@ import time
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite import distributed
-from cogvideo_lite.checkpoint import RunDirectory
-from cogvideo_lite.config import RunConfig, load_config
-from cogvideo_lite.engine import build_engine, resolve_precision
-from cogvideo_lite.tasks import build_task
-from cogvideo_lite.tasks.base import Task
-from cogvideo_lite.tasks.loader import micro_batches
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.checkpoint import RunDirectory
+from cogvideo_lite.train.config import RunConfig, load_config
+from cogvideo_lite.train.engine import build_engine, resolve_precision
+from cogvideo_lite.train.tasks import build_task
+from cogvideo_lite.train.tasks import Task
+from cogvideo_lite.train.loader import micro_batches
+from cogvideo_lite.train.stream import SampleStream
 
 logger = logging.getLogger("train")
 

@@ -24,8 +24,8 @@ from typing import Any, Callable
 import torch
 
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.layout import SequenceLayout
-from cogvideo_lite.prepare import PrepareConfig
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.prepare.prepare import PrepareConfig
 from cogvideo_lite.text import DEFAULT_RATES, DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, TextTokenizer, train_text_model
 from tokenizer.config import TOKENIZER_SIZES
 

@@ -5,7 +5,7 @@ DeepSpeed, sampling speed of a 33-frame video, and peak GPU memory.
     python -m bench.gpu_bench --smoke --json OUT          # CPU, tiny, a few seconds: checks the script itself
 
 Training: `GeneratorObjective` of the key-frame stage (spatial channel frozen, as `GeneratorTask` builds it) wrapped
-by `cogvideo_lite.engine.build_engine` (ZeRO-2; precision "auto": bf16 on a GPU, float32 on CPU), random codes
+by `cogvideo_lite.train.engine.build_engine` (ZeRO-2; precision "auto": bf16 on a GPU, float32 on CPU), random codes
 and real captions; one timed step = engine forward, `engine.backward`, `engine.step`. FLOPs are counted as in
 `bench.train_speed`; MFU divides them by the bf16 matmul rate of the same card measured at the start of the run
 (and, for reference, by the card's nominal dense bf16 peak where the name is known).
@@ -26,13 +26,13 @@ from bench.common import text_tokenizer as build_text_tokenizer
 from bench.matmul import time_matmul
 from bench.sample_speed import FULL_ROUNDS, build_random_bundle, frames_after, video
 from bench.train_speed import generator_step_flops, random_generator_batch
-from cogvideo_lite import distributed
-from cogvideo_lite.config import TrainConfig
-from cogvideo_lite.engine import build_engine, resolve_precision
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.config import TrainConfig
+from cogvideo_lite.train.engine import build_engine, resolve_precision
 from cogvideo_lite.model.config import GENERATOR_SIZES
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
+from cogvideo_lite.sample.pipeline import Pipeline
+from cogvideo_lite.train.generator_task import GeneratorObjective
 
 # Nominal dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), matched on the device name.
 NOMINAL_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}

@@ -13,7 +13,7 @@ mkdir -p data runs && rm -rf data/shapes && ln -s "$PWD/.gpu/shapes" data/shapes
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 
 publish_latest() {  # a stage stopped by its time limit still yields its newest complete checkpoint
-    [ -d "$1/model" ] || python3 -c "from cogvideo_lite.checkpoint import RunDirectory as R; r=R('$1'); t=r.latest_tag(); print('published', t); t and r.publish(t)"
+    [ -d "$1/model" ] || python3 -c "from cogvideo_lite.train.checkpoint import RunDirectory as R; r=R('$1'); t=r.latest_tag(); print('published', t); t and r.publish(t)"
 }
 quiet() { tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$"; }
 

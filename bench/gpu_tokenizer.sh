@@ -18,7 +18,7 @@ timeout "$LIMIT" python3 train.py --config configs/tokenizer_tiny.yaml --overwri
     2>&1 | tr '\r' '\n' | grep -v "it/s\]$\|s/it\]$" > "$OUT/tokenizer.log"
 echo "train exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" >> "$OUT/tokenizer.log"
 if [ ! -d $RUN/model ]; then  # stopped by the time limit: publish the newest complete checkpoint
-    python3 -c "from cogvideo_lite.checkpoint import RunDirectory as R; r=R('$RUN'); t=r.latest_tag(); print('publishing', t); t and r.publish(t)" >> "$OUT/tokenizer.log" 2>&1
+    python3 -c "from cogvideo_lite.train.checkpoint import RunDirectory as R; r=R('$RUN'); t=r.latest_tag(); print('publishing', t); t and r.publish(t)" >> "$OUT/tokenizer.log" 2>&1
 fi
 tar czf "$OUT/tokenizer-run.tgz" $RUN/model $RUN/metrics.jsonl $RUN/config.yaml $RUN/run.json
 tail -n 5 "$OUT/tokenizer.log"; grep heldout $RUN/metrics.jsonl | tail -n 3

@@ -72,7 +72,7 @@ train_side_by_side() {
           timeout "$limit" $PY train.py --config configs/${stage}_tiny.yaml --overwrite "${sets[@]}" 2>&1 | quiet \
               > runs/$name.log
           echo "$name exit ${PIPESTATUS[0]} after $(( $(date +%s) - start )) s" >> runs/$name.log
-          [ -d runs/$name/model ] || $PY -c "from cogvideo_lite.checkpoint import RunDirectory as R; r=R('runs/$name'); t=r.latest_tag(); print('published', t); t and r.publish(t)" >> runs/$name.log 2>&1
+          [ -d runs/$name/model ] || $PY -c "from cogvideo_lite.train.checkpoint import RunDirectory as R; r=R('runs/$name'); t=r.latest_tag(); print('published', t); t and r.publish(t)" >> runs/$name.log 2>&1
         ) &
         pids+=($!)
     done

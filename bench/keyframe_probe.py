@@ -27,12 +27,12 @@ import numpy as np
 import torch
 
 from bench.common import write_json
-from cogvideo_lite.checker import check_video
+from cogvideo_lite.evaluate.checker import check_video
 from cogvideo_lite.data.shapes import TRAVEL_FRACTIONS, ClipSpec, all_captions
-from cogvideo_lite.model.generate import generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Pipeline, decode_codes, generate_videos, interpolate_codes
-from cogvideo_lite.shards import TokenShards
+from cogvideo_lite.sample.generate import generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Pipeline, decode_codes, generate_videos, interpolate_codes
+from cogvideo_lite.prepare.shards import TokenShards
 
 ROUNDS = 3
 

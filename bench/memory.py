@@ -40,7 +40,7 @@ from bench.sample_speed import FULL_ROUNDS, build_random_bundle, video
 from bench.train_speed import STAGES, build_generator_stage, build_tokenizer_stage, plain_step
 from cogvideo_lite.model.config import GENERATOR_SIZES
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
+from cogvideo_lite.sample.pipeline import Pipeline
 
 MB = 2**20
 GB = 2**30

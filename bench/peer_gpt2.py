@@ -28,13 +28,13 @@ import torch
 from bench.common import KEY_FRAMES, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
 from bench.train_speed import adamw, generator_step_flops, linear_flops, random_generator_batch
-from cogvideo_lite.config import TrainConfig
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.config import TrainConfig
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
-from cogvideo_lite.model.generate import generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.sample.generate import generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
+from cogvideo_lite.train.generator_task import GeneratorObjective
 
 DEFAULT_BATCH = {"tiny": 4, "small": 1, "base": 1}
 GIVEN_FRAMES = 1  # the key-frame stage's prompt: prefix and frame 0

@@ -42,10 +42,10 @@ import torch
 from safetensors.torch import load_file
 
 from bench.common import machine_info, report, text_tokenizer
-from cogvideo_lite.checkpoint import PARTIAL_SUFFIX, RunDirectory
+from cogvideo_lite.train.checkpoint import PARTIAL_SUFFIX, RunDirectory
 from cogvideo_lite.data.shapes import ClipSpec, generate
-from cogvideo_lite.distributed import free_port
-from cogvideo_lite.prepare import PrepareConfig, prepare
+from cogvideo_lite.train.distributed import free_port
+from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import save_tokenizer
 from tokenizer.model import VQVAE

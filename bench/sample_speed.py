@@ -27,13 +27,13 @@ import torch
 
 from bench.common import KEY_FRAMES, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.generator_io import load_image_model, save_stage
+from cogvideo_lite.train.checkpoint import sha256_file
+from cogvideo_lite.bundle.exports import load_image_model, save_stage
 from cogvideo_lite.model.config import GENERATOR_SIZES
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts, generate_videos
+from cogvideo_lite.sample.pipeline import Pipeline, decode_codes, encode_prompts, generate_videos
 from tokenizer.config import TOKENIZER_SIZES
 from tokenizer.io import WEIGHTS_FILE, save_tokenizer
 from tokenizer.model import VQVAE

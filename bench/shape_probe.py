@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from bench.common import write_json
-from cogvideo_lite.bundle import check_image_fits, resolve_parts
-from cogvideo_lite.checker import check_frames
+from cogvideo_lite.bundle.make import check_image_fits, resolve_parts
+from cogvideo_lite.evaluate.checker import check_frames
 from cogvideo_lite.data.shapes import SHAPES, all_captions
-from cogvideo_lite.generator_io import SPEC_FILE, load_image_model, read_spec
-from cogvideo_lite.model.generate import generate_image, generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts
+from cogvideo_lite.bundle.exports import SPEC_FILE, load_image_model, read_spec
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Pipeline, decode_codes, encode_prompts
 
 BATCH = 56
 

@@ -8,7 +8,7 @@ AdamW settings; `--size` swaps in another registered size with the same override
 shape: random codes and real captions for the generator stages (weights are random; speed does not depend on
 them), random frames for the tokenizer. One timed step = forward + backward + AdamW step + zero_grad of the plain
 PyTorch module that DeepSpeed would wrap (`--deepspeed` also times the same step through
-`cogvideo_lite.engine.build_engine`, ZeRO-2, as `train.py` runs it).
+`cogvideo_lite.train.engine.build_engine`, ZeRO-2, as `train.py` runs it).
 
 FLOP counting convention (matmuls only; norms, softmax, embeddings lookups and the optimizer are not counted):
 - forward, per sequence of S tokens with a prefix of P = L + 1: every linear layer 2 x fan_in x fan_out per token
@@ -40,14 +40,14 @@ from torch import nn
 from bench.common import Timing, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
 from bench.matmul import REFERENCE_SIZE, measured_matmul_flops
-from cogvideo_lite.config import RunConfig, TrainConfig, load_config
+from cogvideo_lite.train.config import RunConfig, TrainConfig, load_config
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.engine import PROJECT_ROOT
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.engine import PROJECT_ROOT
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
-from cogvideo_lite.tasks.tokenizer_task import TokenizerObjective
+from cogvideo_lite.train.generator_task import GeneratorObjective
+from cogvideo_lite.train.tokenizer_task import TokenizerObjective
 from cogvideo_lite.text import TextTokenizer
 from tokenizer.config import TOKENIZER_SIZES
 from tokenizer.model import VQVAE
@@ -202,7 +202,7 @@ def build_tokenizer_stage(size: str, batch: int | None) -> StageSetup:
 
 
 def adamw(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.AdamW:
-    """The optimizer of `cogvideo_lite.engine.build_engine`: AdamW, no weight decay on vectors."""
+    """The optimizer of `cogvideo_lite.train.engine.build_engine`: AdamW, no weight decay on vectors."""
     decay = [p for p in parameters if p.ndim >= 2]
     no_decay = [p for p in parameters if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": train.weight_decay},
@@ -225,8 +225,8 @@ def plain_step(setup: StageSetup) -> Callable[[], None]:
 
 def deepspeed_step(setup: StageSetup) -> Callable[[], None]:
     """The same step through the DeepSpeed engine that train.py uses (ZeRO-2, float32 on CPU)."""
-    from cogvideo_lite import distributed
-    from cogvideo_lite.engine import build_engine
+    from cogvideo_lite.train import distributed
+    from cogvideo_lite.train.engine import build_engine
 
     info = distributed.init_distributed()
     train = dataclasses.replace(setup.train, micro_batch=next(iter(setup.batch.values())).shape[0], grad_accum=1)

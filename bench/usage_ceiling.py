@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cogvideo_lite.config import load_config
-from cogvideo_lite.tasks.tokenizer_task import TokenizerTask, resolve_source
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.train.tokenizer_task import TokenizerTask, resolve_source
 from tokenizer.evaluate import load_dataset_frames
 from tokenizer.io import load_tokenizer
 from tokenizer.metrics import psnr

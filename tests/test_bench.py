@@ -138,9 +138,9 @@ def test_shape_probe_image_option_swaps_in_another_export_that_fits(bundle, tmp_
     from safetensors.torch import save_file
 
     from bench.shape_probe import main as shape_probe, swap_image_model
-    from cogvideo_lite.bundle import resolve_parts
-    from cogvideo_lite.generator_io import CheckpointMismatch, read_weights
-    from cogvideo_lite.pipeline import Pipeline
+    from cogvideo_lite.bundle.make import resolve_parts
+    from cogvideo_lite.bundle.exports import CheckpointMismatch, read_weights
+    from cogvideo_lite.sample.pipeline import Pipeline
 
     image = resolve_parts(bundle)["image"]
     other = tmp_path / "image"

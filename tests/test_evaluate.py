@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cogvideo_lite.data.shapes import ClipSpec, caption_for, render_clip
-from cogvideo_lite.evaluate import ReferenceClip, evaluate_videos, main, parse_caption, read_reference
+from cogvideo_lite.evaluate.shapes import ReferenceClip, evaluate_videos, main, parse_caption, read_reference
 from tests.helpers import run_script
 from tests.test_frechet import TinyI3D, TinyInception
 from tests.test_pipeline import PROMPTS

@@ -13,14 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite.bundle import main as bundle_main
-from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.bundle.make import main as bundle_main
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.generate import generate_image, generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs, interpolation_knobs
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs, interpolation_knobs
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
+from cogvideo_lite.sample.pipeline import Pipeline
 from tests.test_pipeline import generate
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=4, grid=(2, 3), text_vocab_size=20, codebook_size=32)
@@ -141,7 +141,7 @@ def test_a_bundle_carries_an_expert_and_checks_its_contracts(bundle, pipeline, t
 
 
 def test_sample_and_evaluate_name_a_missing_expert(bundle, tmp_path, capsys):
-    from cogvideo_lite.evaluate import main as evaluate_main
+    from cogvideo_lite.evaluate.shapes import main as evaluate_main
     from tests.test_sample import PROMPT, run_sample
 
     for call in (lambda: run_sample(["--prompt", PROMPT, "--expert-weight", "0.5"], bundle, tmp_path / "out"),

@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.reliability import build_toy_inputs, stage_sets
-from cogvideo_lite.config import load_config
-from cogvideo_lite.generator_io import FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.prepare import PrepareConfig, prepare
-from cogvideo_lite.tasks.generator_task import GeneratorObjective, GeneratorTask
+from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
+from cogvideo_lite.train.generator_task import GeneratorObjective, GeneratorTask
 from tests.helpers import CONFIGS, train
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)

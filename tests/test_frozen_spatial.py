@@ -4,13 +4,13 @@ image-stage weights stay bit-identical and never reach the optimizer; only the t
 import torch
 
 from bench.reliability import build_toy_inputs, stage_sets
-from cogvideo_lite import distributed
-from cogvideo_lite.config import load_config
-from cogvideo_lite.engine import build_engine
-from cogvideo_lite.generator_io import load_image_model
-from cogvideo_lite.tasks.generator_task import GeneratorTask
-from cogvideo_lite.tasks.loader import micro_batches
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.train.engine import build_engine
+from cogvideo_lite.bundle.exports import load_image_model
+from cogvideo_lite.train.generator_task import GeneratorTask
+from cogvideo_lite.train.loader import micro_batches
+from cogvideo_lite.train.stream import SampleStream
 from tests.helpers import CONFIGS, train
 from train import training_step
 

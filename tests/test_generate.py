@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs, filter_logits, guided_logits, sample_token
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs, filter_logits, guided_logits, sample_token
 from cogvideo_lite.model.transformer import Generator
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_masks, stage_plan, with_text_padding
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite import distributed
-from cogvideo_lite.checkpoint import RunDirectory
-from cogvideo_lite.config import config_from_dict
-from cogvideo_lite.engine import build_engine
-from cogvideo_lite.tasks.base import StepOutput
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.checkpoint import RunDirectory
+from cogvideo_lite.train.config import config_from_dict
+from cogvideo_lite.train.engine import build_engine
+from cogvideo_lite.train.tasks import StepOutput
+from cogvideo_lite.train.stream import SampleStream
 from train import NonFiniteLossError, train_loop
 
 

@@ -17,17 +17,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvideo_lite.bundle import BUNDLE_MAP_FILE, PART_NAMES, PROVENANCE_FILE, BundleError, main as bundle_main
-from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.bundle.make import BUNDLE_MAP_FILE, PART_NAMES, PROVENANCE_FILE, BundleError, main as bundle_main
+from cogvideo_lite.train.checkpoint import sha256_file
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
+from cogvideo_lite.bundle.exports import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
                                         save_stage)
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import (Pipeline, decode_codes, derive_seed, generate_videos, interpolate_codes,
+from cogvideo_lite.sample.pipeline import (Pipeline, decode_codes, derive_seed, generate_videos, interpolate_codes,
                                     max_rounds)
 from cogvideo_lite.text import DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, TEXT_SPEC_FILE, PromptTooLong, train_text_model
 from tokenizer.config import TokenizerConfig
@@ -189,7 +189,7 @@ def test_bad_requests_fail_before_generating(pipeline):
 def test_decoding_in_chunks_equals_one_call(pipeline, monkeypatch):
     codes = torch.randint(0, TOKENIZER_CONFIG.codebook_size, (2, 3, *TOKENIZER_CONFIG.grid))
     whole = decode_codes(pipeline, codes)
-    monkeypatch.setattr("cogvideo_lite.pipeline.DECODE_CHUNK_FRAMES", 4)
+    monkeypatch.setattr("cogvideo_lite.sample.pipeline.DECODE_CHUNK_FRAMES", 4)
     assert np.array_equal(decode_codes(pipeline, codes), whole)
 
 
@@ -352,7 +352,7 @@ def test_a_bundle_interrupted_while_building_leaves_nothing_behind(bundle, tmp_p
     def interrupted(path):
         raise KeyboardInterrupt  # e.g. Ctrl-C halfway through the bfloat16 conversion
 
-    monkeypatch.setattr("cogvideo_lite.bundle.store_as_bf16", interrupted)
+    monkeypatch.setattr("cogvideo_lite.bundle.make.store_as_bf16", interrupted)
     arguments = [item for name in PART_NAMES for item in (f"--{name}", str(bundle / name))]
     with pytest.raises(KeyboardInterrupt):
         bundle_main(["--out", str(tmp_path / "out"), "--bf16"] + arguments)

@@ -12,8 +12,8 @@ import torch
 from cogvideo_lite.data.media import write_mp4
 from cogvideo_lite.data.shapes import ClipSpec, all_captions, generate
 from cogvideo_lite.data.video import read_clip
-from cogvideo_lite.prepare import PrepareConfig, main, prepare
-from cogvideo_lite.shards import ShardError, TokenShards
+from cogvideo_lite.prepare.prepare import PrepareConfig, main, prepare
+from cogvideo_lite.prepare.shards import ShardError, TokenShards
 from cogvideo_lite.text import TextTokenizer, sha256_of_file, train_text_model
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import load_tokenizer, save_tokenizer

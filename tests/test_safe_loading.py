@@ -16,13 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bench.reliability import build_toy_inputs
-from cogvideo_lite.bundle import check_contracts, resolve_parts
-from cogvideo_lite.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError, sha256_file
-from cogvideo_lite.config import load_config
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
+from cogvideo_lite.bundle.make import check_contracts, resolve_parts
+from cogvideo_lite.train.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError, sha256_file
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.bundle.exports import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
                                         read_spec, save_stage)
-from cogvideo_lite.tasks.generator_task import GeneratorTask
-from cogvideo_lite.prepare import PrepareConfig, prepare
+from cogvideo_lite.train.generator_task import GeneratorTask
+from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
 from tests.helpers import CONFIGS, ROOT
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 import sample
 from cogvideo_lite.data.media import write_mp4
-from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Video, generate_videos
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Video, generate_videos
 from tests.helpers import run_script
 from tokenizer.frames import to_model_frames
 
@@ -81,7 +81,7 @@ def test_prompts_file_samples_and_knobs(bundle, tmp_path):
 def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bundle, tmp_path, capsys):
     import shutil
 
-    from cogvideo_lite.bundle import make_bundle, parse_recommendations
+    from cogvideo_lite.bundle.make import make_bundle, parse_recommendations
 
     recommended = tmp_path / "recommended"
     make_bundle(recommended, {name: bundle / name for name in ("tokenizer", "text", "image", "keyframe",
@@ -114,7 +114,7 @@ def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bu
 
 
 def test_bundle_recommend_reads_knob_values_and_names_a_bad_one():
-    from cogvideo_lite.bundle import BundleError, parse_recommendations
+    from cogvideo_lite.bundle.make import BundleError, parse_recommendations
 
     assert parse_recommendations(["top_k=20", "interp_top_k=1", "temperature=0.9", "cfg=2"]) == {
         "top_k": 20, "interp_top_k": 1, "temperature": 0.9, "cfg": 2.0}
@@ -293,7 +293,7 @@ def test_given_frames_are_encoded_as_the_receiving_stage_was_trained(bundle, cli
     """A stage trained on `prepare --steady-margin m` shards records m; frames given to it are encoded with m."""
     import shutil
 
-    from cogvideo_lite.pipeline import Pipeline
+    from cogvideo_lite.sample.pipeline import Pipeline
 
     path, _ = clip
     steady = tmp_path / "bundle"
@@ -326,7 +326,7 @@ def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, 
 
 
 def test_one_rule_table_covers_every_knob_and_allows_its_builtin_value():
-    from cogvideo_lite.model.sampling import BUILTIN_KNOBS, KNOB_RULES, knob_problems
+    from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, knob_problems
 
     assert list(KNOB_RULES) == list(BUILTIN_KNOBS)
     assert knob_problems(BUILTIN_KNOBS) == []

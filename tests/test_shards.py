@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cogvideo_lite.shards import ShardError, ShardWriter, TokenShards, complete_part_directories, read_sources
+from cogvideo_lite.prepare.shards import ShardError, ShardWriter, TokenShards, complete_part_directories, read_sources
 
 NUM_FRAMES, GRID, TEXT_LENGTH, RATES = 3, (2, 4), 5, [1, 2, 4]
 META = {"num_frames": NUM_FRAMES, "grid": list(GRID), "text_length": TEXT_LENGTH, "rates": RATES,

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvideo_lite.model.sampling import SamplingKnobs, interpolation_knobs
-from cogvideo_lite.pipeline import Pipeline, generate_videos
+from cogvideo_lite.sample.knobs import SamplingKnobs, interpolation_knobs
+from cogvideo_lite.sample.pipeline import Pipeline, generate_videos
 
 BUNDLE = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-tiny"
 PROMPT = "a red circle moves left slowly"

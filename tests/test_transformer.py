@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
 from cogvideo_lite.model.masks import stage_masks, stage_plan, with_text_padding
 from cogvideo_lite.model.transformer import Generator, stage_loss
@@ -252,11 +252,12 @@ def test_config_validation_names_every_bad_key():
         Generator(CONFIG, LAYOUT.with_frames(34))
 
 
-def test_model_package_does_not_import_data_or_tokenizer():
+def test_model_package_imports_only_itself():
     package = Path(__file__).resolve().parents[1] / "cogvideo_lite" / "model"
-    for source in [*package.glob("*.py"), package.parent / "layout.py"]:
+    for source in package.glob("*.py"):
         for node in ast.walk(ast.parse(source.read_text())):
             names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for name in names:
-                assert not name.startswith(("cogvideo_lite.data", "tokenizer")), (source.name, name)
+                inside = name.startswith("cogvideo_lite.model")
+                assert inside or not name.startswith(("cogvideo_lite", "tokenizer")), (source.name, name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 
 STAGES = ("image", "keyframe", "interpolate")
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.attention import DualChannelAttention
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig

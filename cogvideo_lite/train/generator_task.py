@@ -25,15 +25,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.config import RunConfig
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
+from cogvideo_lite.train.checkpoint import sha256_file
+from cogvideo_lite.train.config import RunConfig
+from cogvideo_lite.bundle.exports import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
                                        read_weights, require_image_export, require_same, save_stage)
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.masks import stage_plan
 from cogvideo_lite.model.transformer import Generator, stage_loss
-from cogvideo_lite.shards import TEXT_COPY, TokenShards
-from cogvideo_lite.tasks.base import StepOutput
+from cogvideo_lite.prepare.shards import TEXT_COPY, TokenShards
+from cogvideo_lite.train.tasks import StepOutput
 from cogvideo_lite.text import TextTokenizer
 
 logger = logging.getLogger(__name__)

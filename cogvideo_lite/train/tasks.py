@@ -34,3 +34,14 @@ class Task(Protocol):
     def evaluate(self, device: torch.device) -> dict[str, float]: ...
 
     def inputs(self) -> dict[str, str]: ...  # name -> sha256 of files read besides the config; pinned for --resume
+
+
+def build_task(config) -> Task:
+    """The task of the config's stage."""
+    if config.stage == "tokenizer":
+        from cogvideo_lite.train.tokenizer_task import TokenizerTask
+
+        return TokenizerTask(config)
+    from cogvideo_lite.train.generator_task import GeneratorTask
+
+    return GeneratorTask(config)

@@ -47,14 +47,14 @@ import torch
 from safetensors import SafetensorError
 from tqdm import tqdm
 
-from cogvideo_lite.checker import VideoCheck, check_video
+from cogvideo_lite.evaluate.checker import VideoCheck, check_video
 from cogvideo_lite.data.captions import find_captions_file, load_entries
 from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, all_captions
 from cogvideo_lite.data.video import BadVideo, read_frames_at
-from cogvideo_lite.frechet import fid, fvd, load_feature_network
-from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
+from cogvideo_lite.evaluate.frechet import fid, fvd, load_feature_network
+from cogvideo_lite.sample.knobs import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
                                          knobs_from_arguments, missing_expert)
-from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
+from cogvideo_lite.sample.pipeline import Pipeline, decode_codes, encode_frames, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_RATES, read_prompt_lines
 from tokenizer.frames import to_model_frames, to_uint8
 

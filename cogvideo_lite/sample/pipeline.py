@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite.bundle import check_contracts, read_recommended_knobs, resolve_parts
-from cogvideo_lite.generator_io import load_image_model, load_stage
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.bundle.make import check_contracts, read_recommended_knobs, resolve_parts
+from cogvideo_lite.bundle.exports import load_image_model, load_stage
+from cogvideo_lite.sample.generate import generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.text import TextTokenizer
 from tokenizer.frames import to_uint8

@@ -41,7 +41,7 @@ from tqdm import tqdm
 from cogvideo_lite.data.captions import Problem, find_captions_file
 from cogvideo_lite.data.datasets import ClipDataset, ClipSample
 from cogvideo_lite.data.video import BadVideo, choose_start
-from cogvideo_lite.shards import (
+from cogvideo_lite.prepare.shards import (
     CODES_DTYPE,
     META_FILE,
     TEXT_COPY,

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
-from cogvideo_lite import distributed
+from cogvideo_lite.train import distributed
 
 logger = logging.getLogger(__name__)
 

@@ -49,10 +49,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch,
+from cogvideo_lite.train.checkpoint import sha256_file
+from cogvideo_lite.bundle.exports import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch,
                                         MalformedSpec, layout_from_dict, read_spec)
-from cogvideo_lite.model.sampling import check_recommended_knobs
+from cogvideo_lite.sample.knobs import check_recommended_knobs
 from cogvideo_lite.text import TEXT_SPEC_FILE, TextTokenizer
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import CONFIG_FILE, WEIGHTS_FILE, load_config

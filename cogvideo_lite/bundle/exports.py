@@ -19,8 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.checkpoint import sha256_file
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.model.transformer import Generator
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from cogvideo_lite.config import TrainConfig
+from cogvideo_lite.train.config import TrainConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_precision(train: TrainConfig, device: torch.device) -> str:

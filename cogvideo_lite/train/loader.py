@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train.stream import SampleStream
 
 
 class MicroBatches(Dataset):

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.masks import interpolation_positions, stage_plan
-from cogvideo_lite.model.sampling import SamplingKnobs, guided_logits, sample_token
+from cogvideo_lite.sample.knobs import SamplingKnobs, guided_logits, sample_token
 from cogvideo_lite.model.transformer import Generator
 
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from cogvideo_lite.config import RunConfig
+from cogvideo_lite.train.config import RunConfig
 from cogvideo_lite.data.datasets import FrameDataset
-from cogvideo_lite.tasks.base import StepOutput
-from cogvideo_lite.generator_io import CheckpointMismatch
+from cogvideo_lite.train.tasks import StepOutput
+from cogvideo_lite.bundle.exports import CheckpointMismatch
 from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.discriminator import PatchDiscriminator
 from tokenizer.losses import hinge_d_loss, tokenizer_loss

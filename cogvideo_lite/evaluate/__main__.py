@@ -1,0 +1,3 @@
+from cogvideo_lite.evaluate.shapes import main
+
+main()

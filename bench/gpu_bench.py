@@ -30,6 +30,7 @@ from cogvideo_lite.train import distributed
 from cogvideo_lite.train.config import TrainConfig
 from cogvideo_lite.train.engine import build_engine, resolve_precision
 from cogvideo_lite.model.config import GENERATOR_SIZES
+from cogvideo_lite.model.stages import KEYFRAME
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.sample.pipeline import Pipeline
 from cogvideo_lite.train.generator_task import GeneratorObjective
@@ -72,10 +73,10 @@ def synchronizer(device: torch.device):
 def train_rows(size: str, batch: int, warmup: int, steps: int, text, device: torch.device, matmul_rate: float,
                memory: PeakMemory) -> list[dict[str, Any]]:
     config = GENERATOR_SIZES[size]
-    layout = generator_layout(size, "keyframe", text.vocab_size)
+    layout = generator_layout(size, KEYFRAME.name, text.vocab_size)
     model = Generator(config, layout)
     model.freeze_spatial()
-    module = GeneratorObjective(model, "keyframe", layout).train().to(device)
+    module = GeneratorObjective(model, KEYFRAME, layout).train().to(device)
     train = TrainConfig(micro_batch=batch, grad_accum=1, zero_stage=2, warmup_steps=0)
     parameters = [p for p in model.parameters() if p.requires_grad]
     engine, _, _ = build_engine(module, parameters, train, distributed.world_size(), device)
@@ -88,7 +89,7 @@ def train_rows(size: str, batch: int, warmup: int, steps: int, text, device: tor
 
     memory.reset()
     timing = measure(step, warmup, steps, synchronizer(device))
-    flops = generator_step_flops(config, layout, "keyframe", batch)
+    flops = generator_step_flops(config, layout, KEYFRAME.name, batch)
     row = {"phase": f"train keyframe ({resolve_precision(train, device)}, DeepSpeed ZeRO-{train.zero_stage})",
            "size": size, "batch": batch, "s/step": timing.seconds,
            "tokens/s": batch * layout.seq_length / timing.seconds,

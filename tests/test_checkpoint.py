@@ -98,7 +98,7 @@ PROTOCOL_STEPS = ["export", "marker", "rename", "pointer", "rotation"]
 
 def inject_crash(where: str, monkeypatch) -> tuple:
     """Arrange for the next save to stop at `where`; returns the export callback to pass to it."""
-    real_replace, real_write = os.replace, checkpoint.write_text_atomic
+    real_replace, real_write = os.replace, checkpoint.write_atomic
 
     def export_then_crash(directory: Path) -> None:
         export(directory)
@@ -119,7 +119,7 @@ def inject_crash(where: str, monkeypatch) -> tuple:
     def rotation_crash(self, keep: int) -> None:
         raise Crash("killed before the rotation")
 
-    monkeypatch.setattr(checkpoint, "write_text_atomic", write_or_crash)
+    monkeypatch.setattr(checkpoint, "write_atomic", write_or_crash)
     monkeypatch.setattr(checkpoint.os, "replace", replace_or_crash)
     if where == "rotation":
         monkeypatch.setattr(RunDirectory, "_rotate", rotation_crash)

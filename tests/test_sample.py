@@ -15,8 +15,9 @@ from PIL import Image
 
 import sample
 from cogvideo_lite.data.media import write_mp4
+from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME
 from cogvideo_lite.sample.knobs import SamplingKnobs
-from cogvideo_lite.sample.pipeline import Video, generate_videos
+from cogvideo_lite.sample.pipeline import Request, Video, generate_videos
 from tests.helpers import run_script
 from tokenizer.frames import to_model_frames
 
@@ -277,11 +278,11 @@ def test_missing_or_wrong_checkpoint_directory(bundle, tmp_path, capsys):
 # ------------------------------------------------------------------ given videos
 def test_init_video_frames_are_read_at_the_key_rate_and_kept(pipeline, bundle, clip, tmp_path):
     path, frames = clip
-    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2, stage="keyframe")  # at 0 s, 0.5 s
+    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2, stage=KEYFRAME)  # at 0 s, 0.5 s
     decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2]).asnumpy()
     assert torch.equal(codes, pipeline.tokenizer.encode(to_model_frames(decoded, 32)[None]))
-    videos = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=1, seed=0, num_samples=2,
-                             progress=False, init_codes=codes)
+    videos = generate_videos(pipeline, Request([PROMPT], key_rate=2, rounds=1, seed=0, num_samples=2, init_codes=codes),
+                             SamplingKnobs(), progress=False)
     for video in videos:
         assert torch.equal(video.codes[[0, 2]], codes[0]) and video.codes.shape[0] == 9
     entries = run_sample(["--prompt", PROMPT, "--init-video", str(path), "--init-frames", "2", "--fps", "2",
@@ -302,26 +303,26 @@ def test_given_frames_are_encoded_as_the_receiving_stage_was_trained(bundle, cli
     assert json.loads(spec_file.read_text())["steady_margin"] == 0.0  # exports record their shards' margin
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "steady_margin": 0.3}))
     loaded = Pipeline.load(steady)
-    assert loaded.steady_margins == {"keyframe": 0.3, "interpolate": 0.0}
+    assert loaded.steady_margins == {KEYFRAME: 0.3, INTERPOLATE: 0.0}
     decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2, CLIP_FPS]).asnumpy()
     frames = to_model_frames(decoded, 32)[None]
     steady_codes = loaded.tokenizer.encode(frames, steady_margin=0.3)
     plain_codes = loaded.tokenizer.encode(frames)
     assert not torch.equal(steady_codes, plain_codes)  # the margin changes these codes, so the test can tell
-    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="keyframe"), steady_codes)
-    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="interpolate"), plain_codes)
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage=KEYFRAME), steady_codes)
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage=INTERPOLATE), plain_codes)
 
 
 def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, bundle, clip, tmp_path):
     path, _ = clip
-    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2, stage="interpolate")  # (1, 5, h, w)
+    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2, stage=INTERPOLATE)  # (1, 5, h, w)
     for rounds, expected in ((0, 5), (1, 9), (2, 17)):
         entries = run_sample(["--prompt", PROMPT, "--interpolate-video", str(path), "--fps", "2", "--rounds",
                               str(rounds), "--seed", "1"], bundle, tmp_path / f"out{rounds}")
         assert entries[0]["num_frames"] == expected and entries[0]["fps"] == 2 * 2 ** rounds
         assert len(decord.VideoReader(str(tmp_path / f"out{rounds}" / entries[0]["mp4"]))) == expected
-    video = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=2, seed=1, progress=False,
-                            init_codes=keys)[0]
+    video = generate_videos(pipeline, Request([PROMPT], key_rate=2, rounds=2, seed=1, init_codes=keys), SamplingKnobs(),
+                            progress=False)[0]
     assert torch.equal(video.codes[video.key_indices], keys[0])
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from cogvideo_lite.sample.knobs import SamplingKnobs, interpolation_knobs
-from cogvideo_lite.sample.pipeline import Pipeline, generate_videos
+from cogvideo_lite.sample.pipeline import Pipeline, Request, generate_videos
 
 BUNDLE = Path(__file__).resolve().parent.parent / "checkpoints" / "shapes-tiny"
 PROMPT = "a red circle moves left slowly"
@@ -27,8 +27,8 @@ def test_shipped_bundle_samples_the_pinned_codes():
     recommended = pipeline.recommended_knobs
     knobs = SamplingKnobs(top_k=recommended["top_k"], expert_weight=recommended["expert_weight"])
     rounds_knobs = interpolation_knobs(knobs, recommended["interp_top_k"], recommended["interp_expert_weight"])
-    [video] = generate_videos(pipeline, [PROMPT], knobs, key_rate=1, rounds=3, seed=0, progress=False,
-                              interpolation_knobs=rounds_knobs)
+    [video] = generate_videos(pipeline, Request([PROMPT], key_rate=1, rounds=3, seed=0), knobs, rounds_knobs,
+                              progress=False)
     assert tuple(video.codes.shape) == (33, 8, 8) and video.key_indices == [0, 8, 16, 24, 32]
     assert sha256(video.codes[video.key_indices]) == KEY_FRAME_CODES_SHA256
     assert sha256(video.codes) == CODES_SHA256

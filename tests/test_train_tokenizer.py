@@ -70,7 +70,7 @@ def test_unknown_key_fails_before_any_work(tmp_path, shapes_dataset):
 
 def test_warm_start_loads_the_export_and_refuses_another_architecture(tmp_path, shapes_dataset):
     from cogvideo_lite.train.config import load_config
-    from cogvideo_lite.bundle.exports import CheckpointMismatch
+    from cogvideo_lite.provenance import CheckpointMismatch
     from cogvideo_lite.train.tokenizer_task import TokenizerTask
 
     first = tmp_path / "first"
@@ -90,7 +90,7 @@ def test_warm_start_loads_the_export_and_refuses_another_architecture(tmp_path, 
 
 def test_warm_start_with_fresh_modules_loads_the_trunk_under_a_new_codebook(tmp_path, shapes_dataset):
     from cogvideo_lite.train.config import load_config
-    from cogvideo_lite.bundle.exports import CheckpointMismatch
+    from cogvideo_lite.provenance import CheckpointMismatch
     from cogvideo_lite.train.tokenizer_task import TokenizerTask
 
     first = tmp_path / "first"

@@ -1,16 +1,17 @@
-"""Saving and loading generator stages, with the contracts between them checked on load.
+"""Saving and loading generator stage exports, with the contracts between them checked on load.
 
-An image-stage export is a directory with `generator.json` (model config, layout, the text model and frame tokenizer
-it was trained against) and `model.safetensors` (every weight). A video-stage export (key-frame or interpolation)
-stores only what the stage trained, `temporal.safetensors`, beside a `generator.json` that names the image export it
-extends and that export's weights checksum: a missing or altered image export is refused.
+An export is a directory with `generator.json` (format, stage, model config, layout, and the text model, frame
+tokenizer and rates it was trained against) beside its stage's weights file (`Stage.weights_file`): the image stage
+stores every weight (`model.safetensors`), a video stage only what it trained (`temporal.safetensors`), and its
+`generator.json` names the image export it extends, that export's weights checksum, the steady margin of its shards
+and, for the key-frame stage, whether it learnt frame 0. A missing or altered image export is refused.
+
+Knows files and specs; the comparison of checksums is `Provenance.check`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,19 +20,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite.train.checkpoint import sha256_file
-from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import IMAGE, Stage, stage_named
 from cogvideo_lite.model.transformer import Generator
+from cogvideo_lite.provenance import CheckpointMismatch, Provenance, read_json_object, replacing, sha256_file
 
 SPEC_FILE = "generator.json"
-FULL_WEIGHTS = "model.safetensors"
-TEMPORAL_WEIGHTS = "temporal.safetensors"
+FULL_WEIGHTS = IMAGE.weights_file
 FORMAT_VERSION = 1
-
-
-class CheckpointMismatch(ValueError):
-    """A checkpoint does not fit what loads it; the message names both values."""
 
 
 class MalformedSpec(CheckpointMismatch):
@@ -39,8 +36,7 @@ class MalformedSpec(CheckpointMismatch):
 
 
 def layout_to_dict(layout: SequenceLayout) -> dict[str, Any]:
-    return {"text_length": layout.text_length, "num_frames": layout.num_frames, "grid": list(layout.grid),
-            "text_vocab_size": layout.text_vocab_size, "codebook_size": layout.codebook_size}
+    return {**asdict(layout), "grid": list(layout.grid)}
 
 
 def layout_from_dict(raw: dict[str, Any]) -> SequenceLayout:
@@ -48,48 +44,43 @@ def layout_from_dict(raw: dict[str, Any]) -> SequenceLayout:
                           text_vocab_size=raw["text_vocab_size"], codebook_size=raw["codebook_size"])
 
 
-def save_stage(model: Generator, directory: Path, stage: str, contracts: dict[str, Any],
+def save_stage(model: Generator, directory: Path, stage: Stage, contracts: dict[str, Any],
                image_dir: Path | None = None, learns_first_frame: bool = False, steady_margin: float = 0.0) -> Path:
-    """Write a stage export atomically. contracts: text/tokenizer checksums and specs the model was trained against.
-    learns_first_frame: a key-frame model trained to generate frame 0 too (sampling then asks it, not the image model).
-    steady_margin: the `prepare --steady-margin` of its shards; frames given to the stage are encoded the same way.
-    """
-    directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    spec = {"format": FORMAT_VERSION, "stage": stage, "model": asdict(model.config),
+    """Write a stage export atomically. contracts: the text model's spec, the frame tokenizer's config and weights
+    sha256, and the rates the model was trained against. A video stage names the image export `image_dir` it extends;
+    learns_first_frame: a key-frame model trained to generate frame 0 too (sampling then asks it, not the image model);
+    steady_margin: the `prepare --steady-margin` of its shards, with which frames given to the stage are encoded."""
+    spec = {"format": FORMAT_VERSION, "stage": stage.name, "model": asdict(model.config),
             "layout": layout_to_dict(model.layout), **contracts}
-    if stage == "image":
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / FULL_WEIGHTS)
-    else:
+    weights = model.temporal_state_dict() if stage.is_video else model.state_dict()
+    if stage.is_video:
         if image_dir is None:
-            raise ValueError(f"a {stage} export needs the image export it extends")
-        save_file({k: v.cpu().contiguous() for k, v in model.temporal_state_dict().items()}, tmp / TEMPORAL_WEIGHTS)
-        spec["learns_first_frame"] = bool(learns_first_frame)
-        spec["steady_margin"] = float(steady_margin)
-        spec["image_export"] = str(Path(image_dir).resolve())
-        spec["image_weights_sha256"] = sha256_file(Path(image_dir) / FULL_WEIGHTS)
-    (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.replace(tmp, directory)
-    return directory
+            raise ValueError(f"a {stage.name} export needs the image export it extends")
+        spec.update(learns_first_frame=bool(learns_first_frame), steady_margin=float(steady_margin),
+                    image_export=str(Path(image_dir).resolve()),
+                    image_weights_sha256=sha256_file(Path(image_dir) / FULL_WEIGHTS))
+    with replacing(directory) as temporary:
+        temporary.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, temporary / stage.weights_file)
+        (temporary / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+    return Path(directory)
 
 
-def read_spec(directory: Path) -> dict[str, Any]:
+def read_spec(directory: Path, stage: Stage | None = None) -> dict[str, Any]:
+    """An export's generator.json, of `stage` where one is named; malformed JSON is a MalformedSpec, another format or
+    stage a CheckpointMismatch, each naming the file."""
     path = Path(directory) / SPEC_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory} is not a generator export: {SPEC_FILE} is missing")
     try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise MalformedSpec(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(spec, dict):
-        raise MalformedSpec(f"{path} holds a JSON {type(spec).__name__}, expected an object")
+        spec = read_json_object(path)
+    except ValueError as error:
+        raise MalformedSpec(str(error)) from None
     if spec.get("format") != FORMAT_VERSION:
         raise CheckpointMismatch(f"{path}: format {spec.get('format')!r}, this code reads format {FORMAT_VERSION}")
+    if stage is not None and spec.get("stage") != stage.name:
+        raise CheckpointMismatch(f"{directory}: an export of stage {spec.get('stage')!r} where one of stage "
+                                 f"{stage.name!r} was expected")
     return spec
 
 
@@ -103,9 +94,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def load_image_model(directory: Path, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
     """The image-stage model, strictly loaded from safetensors."""
-    spec = read_spec(directory)
-    if spec["stage"] != "image":
-        raise CheckpointMismatch(f"{directory}: a {spec['stage']} export where an image export was expected")
+    spec = read_spec(directory, IMAGE)
     model = Generator(GeneratorConfig(**_tuples(spec["model"])), layout_from_dict(spec["layout"]))
     model.load_state_dict(read_weights(Path(directory) / FULL_WEIGHTS), strict=True)
     return model.to(device).eval(), spec
@@ -116,36 +105,23 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
     """Any stage export as a ready model. A video stage loads its image export first (from `image_dir`, else the
     path it recorded) and refuses it unless the checksum matches what it was trained on."""
     spec = read_spec(directory)
-    if spec["stage"] == "image":
+    stage = stage_named(spec.get("stage"))
+    if not stage.is_video:
         return load_image_model(directory, device)
     image_dir = Path(image_dir or spec["image_export"])
     weights = image_dir / FULL_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{directory} extends the image export {image_dir}, which is missing ({weights})")
-    require_image_export(spec, image_dir, str(directory))
+    Provenance.of_export(spec).check(Provenance(image_export=sha256_file(weights)), str(directory / SPEC_FILE),
+                                     str(weights))
     model, image_spec = load_image_model(image_dir, device)
     for key in ("model", "layout"):
-        expected = {**spec[key], "num_frames": None} if key == "layout" else spec[key]
-        actual = {**image_spec[key], "num_frames": None} if key == "layout" else image_spec[key]
-        if expected != actual:
-            raise CheckpointMismatch(f"{directory}: {key} {expected} differs from the image export's {actual}")
+        recorded, found = ({**s[key], "num_frames": None} if key == "layout" else s[key] for s in (spec, image_spec))
+        if recorded != found:
+            raise CheckpointMismatch(f"{directory}: {key} {recorded} differs from the image export's {found}")
     model.layout = layout_from_dict(spec["layout"])
-    model.load_temporal_state_dict(read_weights(Path(directory) / TEMPORAL_WEIGHTS))
+    model.load_temporal_state_dict(read_weights(Path(directory) / stage.weights_file))
     return model.to(device).eval(), spec
-
-
-def require_image_export(spec: dict[str, Any], image_dir: Path, where: str) -> None:
-    """A video-stage spec must name the sha256 of the image export at `image_dir` (the weights it was trained on)."""
-    weights = Path(image_dir) / FULL_WEIGHTS
-    found = sha256_file(weights)
-    if found != spec["image_weights_sha256"]:
-        raise CheckpointMismatch(f"{where} was trained on image weights sha256 {spec['image_weights_sha256']}, "
-                                 f"but {weights} has sha256 {found} (altered or another run)")
-
-
-def require_same(what: str, expected: Any, found: Any, where: str) -> None:
-    if expected != found:
-        raise CheckpointMismatch(f"{where}: {what} is {found!r}, expected {expected!r}")
 
 
 def _tuples(raw: dict[str, Any]) -> dict[str, Any]:

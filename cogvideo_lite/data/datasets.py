@@ -119,7 +119,28 @@ def scan_clips(root: str | Path, num_frames: int, rates: list[int],
     return sources, report
 
 
-class ClipDataset(Dataset):
+class SeededDataset(Dataset):
+    """A dataset whose item i in epoch e is a pure function of (seed, e, i); `set_epoch` changes the draw.
+    Subclasses keep their items in `items` and draw an item's randomness from `rng(index)`."""
+
+    items: list
+    seed: int
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The draw of item `index` this epoch; IndexError when there is no such item."""
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class ClipDataset(SeededDataset):
     """Clips of `num_frames` frames at a rate from `rates`, resized and centre-cropped to size x size.
     Item: {"frames": (T, 3, S, S) float32 in [-1, 1], "caption": str, "fps": int, "index": int, "video": str}.
     rule "random": rate uniform among the video's feasible rates; "lowest": CogVideo's lowest feasible rate.
@@ -129,19 +150,11 @@ class ClipDataset(Dataset):
                  seed: int = 0, progress: bool = True):
         _check_arguments(num_frames, rates, size, rule)
         self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
-        self.epoch = 0
         self.sources, self.report = scan_clips(root, num_frames, rates, progress)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.sources)
+        self.items = self.sources
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self.sources):
-            raise IndexError(f"index {index} out of range for {len(self.sources)} clips")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         info = self.sources[index].info
         rate = choose_rate(info.duration, self.num_frames, self.rates, self.rule, rng)
         start = choose_start(info.duration, self.num_frames, rate, rng)
@@ -224,7 +237,7 @@ class FrameAugment:
     hue_range: float = 0.0
 
 
-class FrameDataset(Dataset):
+class FrameDataset(SeededDataset):
     """Single frames from videos and images, for the frame tokenizer and the image stage.
     sources: folders with a captions file (captions kept), plain folders of videos / images, or single files.
     Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory (see
@@ -236,12 +249,13 @@ class FrameDataset(Dataset):
                  frames_per_video: int = 4, progress: bool = True, max_files: int = 0):
         if size < 1 or frames_per_video < 1:
             raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
-        self.size, self.seed, self.augment, self.epoch = size, seed, augment, 0
+        self.size, self.seed, self.augment = size, seed, augment
         self.report = DatasetReport()
         files = [pair for source in sources for pair in _frame_sources(Path(source), self.report)]
         if max_files:
             files = files[:max_files]  # the first `max_files` in listing order (captions order for a dataset)
         self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(stored_scale * size)
+        self.items = self.frames
         self.captions: list[str] = []
         stored_side = round((augment or FrameAugment()).stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
@@ -254,19 +268,10 @@ class FrameDataset(Dataset):
             self.captions.extend([caption] * len(stored))
             self.report.good += 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self.frames):
-            raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
-        frame = self.frames[index]  # (H, W, 3) uint8
+        rng, frame = self.rng(index), self.frames[index]  # (H, W, 3) uint8
         flip, turn, augment = False, 0.0, self.augment
         if augment is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
             frame = _random_square_crop(frame, rng, augment.min_crop_side)
             flip = bool(rng.random() < 0.5)
             if augment.hue_range > 0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cogvideo_lite.model.layout import count_problems
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -30,11 +32,7 @@ class GeneratorConfig:
     max_frames: int = 33  # CogVideo's longest hierarchy: 5 key frames -> 9 -> 17 -> 33
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("dim", "depth", "heads", "max_frames"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r}: expected an integer >= 1")
+        problems = count_problems(self, ("dim", "depth", "heads", "max_frames"))
         if not problems and self.dim % self.heads:
             problems.append(f"dim={self.dim} is not divisible by heads={self.heads}")
         if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:

@@ -21,6 +21,17 @@ from dataclasses import dataclass, replace
 import torch
 
 
+def is_count(value: object) -> bool:
+    """An integer >= 1 (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def count_problems(owner: object, names: tuple[str, ...]) -> list[str]:
+    """`name=value: expected an integer >= 1` for each field of `owner` that is not a count."""
+    return [f"{name}={getattr(owner, name)!r}: expected an integer >= 1" for name in names
+            if not is_count(getattr(owner, name))]
+
+
 @dataclass(frozen=True)
 class SequenceLayout:
     """Geometry of one token sequence.
@@ -39,14 +50,9 @@ class SequenceLayout:
     codebook_size: int
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("text_length", "num_frames", "text_vocab_size", "codebook_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r}: expected an integer >= 1")
+        problems = count_problems(self, ("text_length", "num_frames", "text_vocab_size", "codebook_size"))
         grid = tuple(self.grid) if isinstance(self.grid, (list, tuple)) else self.grid
-        if not (isinstance(grid, tuple) and len(grid) == 2
-                and all(isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in grid)):
+        if not (isinstance(grid, tuple) and len(grid) == 2 and all(map(is_count, grid))):
             problems.append(f"grid={self.grid!r}: expected two integers (h, w) >= 1")
         if problems:
             raise ValueError("invalid SequenceLayout: " + "; ".join(problems))

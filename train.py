@@ -4,7 +4,8 @@
     deepspeed train.py --config configs/image_small.yaml          # one process per GPU
 
 Reads top to bottom: config, distributed init, seed, build, resume, loop, save. The stage (tokenizer, image,
-keyframe, interpolate) decides the model, data and export format (`cogvideo_lite/tasks/`); this file owns the loop.
+keyframe, interpolate; `cogvideo_lite/model/stages.py`) decides the model, data and export format (its task in
+`cogvideo_lite/train/`); this file owns the loop.
 """
 
 from __future__ import annotations

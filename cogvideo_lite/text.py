@@ -10,7 +10,7 @@ Normalisation: the model applies NFKC and case folding (sentencepiece's `nmt_nfk
 whitespace, so `encode("A  Red circle") == encode("a red circle")` and `decode(encode(c))` gives the lower-case,
 single-spaced form of `c`. For the lower-case captions of the built-in dataset the round trip is exact.
 
-What it does not know: the sequence layout (where text, fps and BOI go, `layout.py`), the frame tokenizer, how
+What it does not know: the sequence layout (where text, fps and BOI go, `model/layout.py`), the frame tokenizer, how
 captions are read from disk (`data/captions.py`, used only by the command line).
 
 Where the idea comes from: CogVideo trains on text ids from a shared tokenizer and writes the frame rate as text

@@ -24,7 +24,7 @@ Definitions (every measure in pixels of the video's own size):
 - consistency: the share of all frames whose colour and shape both equal the video's majority (a frame without an
   object counts against it).
 
-What it does not know: captions, models or files (see `evaluate.py`). Where the idea comes from: the synthetic,
+What it does not know: captions, models or files (see `shapes.py`). Where the idea comes from: the synthetic,
 analytically checkable moving-shape sets used to debug video models (Moving MNIST, Srivastava et al. 2015) and
 colour-and-geometry "detectors" of toy benchmarks. Calibrated on rendered and mp4 round-tripped clips of 64 to 128
 pixels (every frame right; tests/test_checker.py); at 32 pixels an object is 6 pixels wide and x264's colour blur

@@ -22,7 +22,7 @@ load only files from a source you trust. The calling conventions are those of th
   et al. 2017), called as `network(images, return_features=True)` on uint8 images (N, 3, H, W); it resizes to 299
   itself; returns (N, 2048).
 
-What it does not know: where videos come from or what they show (see `evaluate.py`).
+What it does not know: where videos come from or what they show (see `shapes.py`).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def load_feature_network(path: str | Path | None, flag: str,
     """The TorchScript network at `path` in eval mode; FileNotFoundError naming `flag` when there is no such file."""
     if path is None or not Path(path).is_file():
         raise FileNotFoundError(f"{flag} {path}: no such file; give the local TorchScript weights file (see "
-                                "cogvideo_lite/frechet.py for which one): nothing is downloaded")
+                                "cogvideo_lite/evaluate/frechet.py for which one): nothing is downloaded")
     try:
         network = torch.jit.load(str(path), map_location=device)
     except RuntimeError as error:

@@ -20,9 +20,10 @@ A run list:
     evaluate_args: [--seeds, 2, --batch-size, 168, --top-k, 20, --interp-top-k, 1]
 
 `{image}` in a value stands for the picked image run (`runs/<name>`, default `runs/image-tiny`, which gpu.sh points at
-the shipped image stage), `{image_dropout}` for its model's dropout (a video stage's model config must equal it). Everything comes back under --out: report.txt (each run's last log lines, each evaluation's
-table), gpu_bench.json, and the runs with their logs, exports and evaluations (runs.tgz.part-*, split under 16 MiB).
-The run lists of the shipped models are bench/runs/tokenizer.yaml, generator.yaml and video_stages.yaml.
+the shipped image stage), `{image_dropout}` for its model's dropout (a video stage's model config must equal it).
+Everything comes back under --out: report.txt (each run's last log lines, each evaluation's table), gpu_bench.json,
+and the runs with their logs, exports and evaluations (runs.tgz.part-*, split under 16 MiB). The run lists of the
+shipped models are bench/runs/tokenizer.yaml, generator.yaml and video_stages.yaml.
 """
 
 from __future__ import annotations

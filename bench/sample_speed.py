@@ -4,13 +4,13 @@ with and without the KV cache, at batch 1 and batch 8, and with an image expert 
     python -m bench.sample_speed [--size tiny] [--batches 1 8] [--expert-weight 0.3] [--uncached-rounds 3]
                                  [--threads 1] [--json OUT]
 
-The bundle is random (built in seconds, no training): a real sentencepiece model on the built-in captions, a
-random frame tokenizer, random generator stages of the registered size and a random image expert of the same
-size (a second image stage), saved and loaded through `Pipeline.load` as `sample.py` does. Speed does not depend on the weight values. A batch of B is B samples of one
-prompt in one `generate_videos` call (batch_size = B). The uncached path reruns the whole sequence for every token;
-it is measured once at batch 1. The cached batches are timed again with `--expert-weight` on the key frames and
-the in-betweens (0 skips those rows); `--uncached-rounds` below 3 measures a shorter video (fewer frames), which the
-table shows in its `frames` column; nothing is extrapolated.
+The bundle is random (built in seconds, no training): a real sentencepiece model on the built-in captions, a random
+frame tokenizer, random generator stages of the registered size and a random image expert of the same size (a second
+image stage), saved and loaded through `Pipeline.load` as `sample.py` does. Speed does not depend on the weight
+values. A batch of B is B samples of one prompt in one `generate_videos` call (batch_size = B). The uncached path
+reruns the whole sequence for every token; it is measured once at batch 1. The cached batches are timed again with
+`--expert-weight` on the key frames and the in-betweens (0 skips those rows); `--uncached-rounds` below 3 measures a
+shorter video (fewer frames), which the table shows in its `frames` column; nothing is extrapolated.
 A per-step breakdown (frame 0, key frames, each round, decode) of the cached batch-1 video comes from timing the
 same calls one by one.
 """

@@ -14,9 +14,9 @@ What it does not know: the sequence layout (where text, fps and BOI go, `model/l
 captions are read from disk (`data/captions.py`, used only by the command line).
 
 Where the idea comes from: CogVideo trains on text ids from a shared tokenizer and writes the frame rate as text
-("4.0秒"); DESIGN.md §3 replaces that with a dedicated token per rate that cannot be mis-tokenised. Byte-pair
-encoding rather than unigram because on a few hundred short captions unigram keeps almost only single
-characters, while BPE learns whole words (a built-in caption becomes ~6 ids instead of ~30).
+("4.0秒"); here a dedicated token per rate replaces it, one that cannot be mis-tokenised. Byte-pair encoding
+rather than unigram because on a few hundred short captions unigram keeps almost only single characters, while BPE
+learns whole words (a built-in caption becomes ~6 ids instead of ~30).
 
 Command line: `python -m cogvideo_lite.text --data DIR --out DIR [--vocab-size N] [--rates 1,2,4,8]`.
 """

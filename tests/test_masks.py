@@ -9,7 +9,7 @@ from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, stage_named
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)
 
-# Rows and columns are TRUE frame indices (DESIGN.md section 4).
+# Rows and columns are TRUE frame indices (model/masks.py).
 INTERPOLATE_TEMPORAL = ["F.F.F",
                         "FCF.F",
                         "F.F.F",

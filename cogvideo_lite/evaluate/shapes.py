@@ -42,7 +42,7 @@ from tokenizer.frames import to_model_frames, to_uint8
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_KEY_FRAMES = 5  # CogVideo's key-frame stage (DESIGN.md section 5), used when no bundle is given
+REFERENCE_KEY_FRAMES = 5  # CogVideo's key-frame stage, used when no bundle is given
 IDEAL = {"colour_accuracy": 1.0, "shape_accuracy": 1.0, "direction_accuracy": 1.0, "speed_ratio": 2.0,
          "retiming_ratio": 2.0, "interpolation_error": 0.0, "consistency": 1.0, "detection_rate": 1.0}
 

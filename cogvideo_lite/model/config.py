@@ -2,7 +2,7 @@
 
 Knows the network's width, depth and options; does not know the sequence geometry (that is
 `cogvideo_lite.model.layout.SequenceLayout`) nor how configs are read from YAML (`cogvideo_lite.train.config`).
-Sizes follow DESIGN.md section 8: `tiny` for CPU tests and the demo, `small` for one GPU, `base` for several.
+Sizes: `tiny` for CPU tests and the demo, `small` for one GPU, `base` for several.
 """
 
 from __future__ import annotations

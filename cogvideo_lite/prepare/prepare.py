@@ -20,7 +20,7 @@ the first clip that differs, since continuing would lose or repeat clips. The di
 (`text/`) is replaced while no part exists yet, and a copy that differs from `--text` once parts exist is refused.
 
 What it does not know: how videos are decoded or probed (data/video.py, data/datasets.py), how the VQVAE works,
-how training reads the shards. Where the idea comes from: DESIGN.md §6, and LlamaGen's code-extraction step.
+how training reads the shards. Where the idea comes from: LlamaGen's code-extraction step.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ What it does not know: how codes and text ids are produced (prepare.py), what th
 Opening an existing directory with a different meta is refused naming the keys that differ, so parts made with
 one tokenizer are never mixed with parts made by another.
 
-Where the idea comes from: DESIGN.md §6 ("decode and tokenize once"); LlamaGen's code-extraction step between
-its tokenizer and its transformer, here with a self-describing meta so the contract is checked, not re-derived.
+Where the idea comes from: decode and tokenize once, as LlamaGen's code-extraction step does between its tokenizer
+and its transformer, here with a self-describing meta so the contract is checked, not re-derived.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `Pipeline.load(bundle)` checks the bundle's contracts (`bundle/parts.py`) and builds the frame tokenizer, the text
 tokenizer and the three generator stages. `generate_videos` runs CogVideo's hierarchy (Hong et al. 2023,
-section 3.1; DESIGN.md section 5) for every (prompt, sample) pair of a `Request`, in batches:
+section 3.1) for every (prompt, sample) pair of a `Request`, in batches:
 
     frame 0        image model, spatial channel alone          fps token of the key-frame rate r
                    (or the key-frame model, when it was trained with `learn_first_frame`)

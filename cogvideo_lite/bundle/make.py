@@ -133,7 +133,8 @@ def _build(root: Path, out: Path, sources: dict[str, Path], bf16: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Copy the exports sample.py needs into one self-contained bundle.")
+    parser = argparse.ArgumentParser(prog="python -m cogvideo_lite.bundle",
+                                     description="Copy the exports sample.py needs into one self-contained bundle.")
     parser.add_argument("--out", type=Path, required=True, help="new bundle directory (must not exist)")
     for name in PART_NAMES:
         parser.add_argument(f"--{name}", type=Path, required=True, help=f"the {name} export directory")

@@ -339,7 +339,8 @@ def in_option_names(message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Encode a dataset once into token shards for the transformer.")
+    parser = argparse.ArgumentParser(prog="python -m cogvideo_lite.prepare",
+                                     description="Encode a dataset once into token shards for the transformer.")
     parser.add_argument("--data", type=Path, required=True, help="dataset folder with a captions file")
     parser.add_argument("--tokenizer", type=Path, required=True, help="frame tokenizer directory")
     parser.add_argument("--text", type=Path, required=True, help="text tokenizer directory")

@@ -12,9 +12,9 @@ frames on the first row, then all frames in rows of up to 9, or 17 for videos of
 new listing is written. Every user error (a knob out of range, an unknown frame rate, too many rounds, an empty,
 invisible or over-long prompt, a prompts file that is not UTF-8, an --out that cannot be a directory or holds an
 earlier run, a missing or mismatched bundle, an unreadable video) stops the run before any generation with exit code 2
-and a one-line message naming the problem, its allowed range and the fix.
+and a one-line message naming the problem, its allowed range and the fix (`cogvideo_lite/cli.py`).
 
-Takes a bundle directory and sampling knobs only (`cogvideo_lite/bundle.py`); everything else is rebuilt from it.
+Takes a bundle directory and sampling knobs only (`cogvideo_lite/bundle/`); everything else is rebuilt from it.
 Knobs left out take the bundle's recommended values (its `sampling.json`, if any), else the built-in defaults.
 """
 
@@ -25,27 +25,24 @@ import json
 import logging
 import os
 import re
-import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 
+from cogvideo_lite import cli
 from cogvideo_lite.data.media import contact_sheet, write_gif, write_mp4, write_png
 from cogvideo_lite.data.video import BadVideo, read_clip
-from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
-                                         knobs_from_arguments, missing_expert)
-from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
-from cogvideo_lite.text import PromptTooLong, read_prompt_lines
+from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME, Stage
+from cogvideo_lite.provenance import write_atomic
+from cogvideo_lite.sample.pipeline import Pipeline, Request, Video, encode_frames, generate_videos
+from cogvideo_lite.text import PromptTooLong
 
 logger = logging.getLogger("sample")
 
 SHEET_ROW_LENGTHS = (9, 17)  # a contact sheet row holds the frames of one 8 fps second (+1), or of two
 SLUG_LENGTH = 48  # characters of the prompt kept in file names
-EXAMPLE_PROMPT = "a red circle moves left slowly"
-INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
 LISTING = "samples.json"  # what a run writes last; its presence marks --out as holding an earlier run
 OUTPUT_KINDS = ("mp4", "gif", "sheet")  # the files written per video, keys of its samples.json entry
 
@@ -63,10 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="interpolation rounds (default: as many as the rates allow)")
     parser.add_argument("--num-samples", type=int, default=1, help="videos per prompt")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same arguments -> same videos)")
-    add_knob_arguments(parser)
+    cli.add_sampling_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="(prompt, sample) pairs generated together")
     parser.add_argument("--no-cache", action="store_true", help="recompute every step (slow reference path)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--init-video", type=Path, help="its first --init-frames frames become the first key frames")
     given.add_argument("--interpolate-video", type=Path,
@@ -79,51 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
 # Checks: every one runs before any generation
 # ----------------------------------------------------------------------------------------------------------------
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> SamplingKnobs:
-    """The sampling knobs (after the bundle's defaults), then the options of this script."""
-    knobs = knobs_from_arguments(parser, args)
-    rules = [
-        (args.num_samples >= 1, f"--num-samples {args.num_samples}: must be >= 1"),
-        (args.batch_size >= 1, f"--batch-size {args.batch_size}: must be >= 1"),
-        (args.seed >= 0, f"--seed {args.seed}: must be >= 0"),
-        (args.init_frames is None or args.init_video is not None,
-         "--init-frames has no effect without --init-video; add --init-video PATH or drop it"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            parser.error(message)
-    return knobs
-
-
-def is_blank(text: str) -> bool:
-    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
-    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
-
-
 def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(where, caption) per prompt; `where` names it in messages: '--prompt number 2', '--prompts FILE line 5'."""
     prompts = []
     for number, prompt in enumerate(args.prompt, start=1):
-        if is_blank(prompt):
-            parser.error(f"--prompt number {number} is empty; give a caption like --prompt '{EXAMPLE_PROMPT}'")
+        if cli.is_blank(prompt):
+            parser.error(f"--prompt number {number} is empty; give a caption like --prompt '{cli.EXAMPLE_PROMPT}'")
         prompts.append((f"--prompt number {number}", prompt))
     if args.prompts is not None:
-        prompts += read_prompts_file(parser, args.prompts)
+        prompts += cli.prompt_lines(parser, args.prompts)
     if not prompts:
-        parser.error(f"no prompt given; add --prompt '{EXAMPLE_PROMPT}' or --prompts FILE")
-    return prompts
-
-
-def read_prompts_file(parser: argparse.ArgumentParser, path: Path) -> list[tuple[str, str]]:
-    """(where, caption) per non-blank line of a UTF-8 file (with or without a byte-order mark)."""
-    try:
-        lines = read_prompt_lines(path)
-    except ValueError as error:
-        parser.error(f"--prompts {path}: {error}")
-    prompts = [(f"--prompts {path} line {number}", line.strip())
-               for number, line in lines if not is_blank(line)]
-    if not prompts:
-        parser.error(f"--prompts {path}: no captions (only blank lines); write one caption per line")
+        parser.error(f"no prompt given; add --prompt '{cli.EXAMPLE_PROMPT}' or --prompts FILE")
     return prompts
 
 
@@ -148,36 +110,6 @@ def make_out(parser: argparse.ArgumentParser, out: Path) -> None:
         parser.error(f"--out {out}: cannot create it ({error.strerror}); choose another --out")
 
 
-def choose_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(name)
-
-
-def load_pipeline(parser: argparse.ArgumentParser, directory: Path, device: torch.device) -> Pipeline:
-    try:
-        return Pipeline.load(directory, device)
-    except (ValueError, OSError, KeyError, SafetensorError) as error:
-        message = " ".join(str(error).split())
-        parser.error(f"--ckpt {directory}: {message}; pass a bundle made by python -m cogvideo_lite.bundle")
-
-
-def choose_rate_and_rounds(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                           pipeline: Pipeline) -> tuple[int, int]:
-    rate = min(pipeline.rates) if args.fps is None else args.fps
-    if rate not in pipeline.rates:
-        parser.error(f"--fps {rate}: not a configured key-frame rate; choose one of "
-                     f"{', '.join(map(str, pipeline.rates))}")
-    allowed = max_rounds(pipeline.rates, rate)
-    rounds = allowed if args.rounds is None else args.rounds
-    if not 0 <= rounds <= allowed:
-        parser.error(f"--rounds {rounds}: from {rate} fps the rates {pipeline.rates} allow 0..{allowed} "
-                     f"interpolation rounds; pass --rounds {allowed} or fewer, or a lower --fps")
-    return rate, rounds
-
-
 def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[tuple[str, str]]) -> None:
     """Each caption must give 1..text_length text tokens and hold no special token's text."""
     for where, prompt in prompts:
@@ -189,31 +121,30 @@ def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, pro
             parser.error(f"{where}: {error}; remove that text from the caption")
         if all(token == pipeline.text.pad_id for token in ids):  # no text token: an unconditional video
             parser.error(f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption "
-                         f"like '{EXAMPLE_PROMPT}'")
+                         f"like '{cli.EXAMPLE_PROMPT}'")
 
 
 def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline: Pipeline,
                      rate: int) -> torch.Tensor | None:
     """Codes (1, k, h, w) of the frames taken from --init-video or --interpolate-video, or None."""
     if args.init_video is not None:
-        flag, path, stage = "--init-video", args.init_video, "keyframe"
+        flag, path, stage = "--init-video", args.init_video, KEYFRAME
         num_frames = 1 if args.init_frames is None else args.init_frames
         if not 1 <= num_frames <= pipeline.num_key_frames:
             parser.error(f"--init-frames {num_frames}: must be in 1..{pipeline.num_key_frames} "
                          "(the key frames of one video)")
     elif args.interpolate_video is not None:
-        flag, path, stage = "--interpolate-video", args.interpolate_video, "interpolate"
+        flag, path, stage = "--interpolate-video", args.interpolate_video, INTERPOLATE
         num_frames = pipeline.num_key_frames
     else:
         return None
-    try:
+    with cli.user_errors(parser, BadVideo, ValueError, prefix=f"{flag} {path}",
+                         hint=f"pass a readable video lasting more than {(num_frames - 1) / rate:g} s (or a higher "
+                              "--fps)"):
         return read_video_codes(pipeline, path, num_frames, rate, stage)
-    except (BadVideo, ValueError) as error:
-        parser.error(f"{flag} {path}: {error}; pass a readable video lasting more than "
-                     f"{(num_frames - 1) / rate:g} s (or a higher --fps)")
 
 
-def read_video_codes(pipeline: Pipeline, path: Path, num_frames: int, rate: int, stage: str) -> torch.Tensor:
+def read_video_codes(pipeline: Pipeline, path: Path, num_frames: int, rate: int, stage: Stage) -> torch.Tensor:
     """The first `num_frames` frames of a video at `rate` fps, encoded as the shards of `stage` (the stage they are
     given to) were: (1, num_frames, h, w) int64."""
     frames = read_clip(path, num_frames, rate, pipeline.tokenizer.config.image_size, start=0.0)  # (k, 3, S, S)
@@ -270,9 +201,7 @@ def listed_files(out: Path) -> set[str]:
 
 def write_listing(out: Path, listing: dict, replaced: set[str]) -> None:
     """Write samples.json (whole, or not at all), then remove the `replaced` files this run did not rewrite."""
-    temporary = out / f"{LISTING}.tmp"
-    temporary.write_text(json.dumps(listing, indent=2) + "\n")
-    temporary.replace(out / LISTING)
+    write_atomic(out / LISTING, json.dumps(listing, indent=2) + "\n")
     written = {sample[kind] for sample in listing["samples"] for kind in OUTPUT_KINDS}
     for name in sorted(replaced - written):
         if (out / name).is_file():  # not '..' nor a directory
@@ -282,27 +211,24 @@ def write_listing(out: Path, listing: dict, replaced: set[str]) -> None:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
     prompts = read_prompts(parser, args)
     check_out(parser, args)
-    device = choose_device(parser, args.device)
-    pipeline = load_pipeline(parser, args.ckpt, device)
-    fill_knob_defaults(args, pipeline.recommended_knobs)  # knobs left out: the bundle's sampling.json, else built-in
-    knobs = check_arguments(parser, args)
-    if error := missing_expert(args, pipeline.expert is not None):
-        parser.error(error)
-    rate, rounds = choose_rate_and_rounds(parser, args, pipeline)
+    pipeline = cli.load_pipeline(parser, args.ckpt, args.device)
+    knobs, rounds_knobs = cli.sampling_knobs(parser, args, pipeline)
+    cli.require_at_least(parser, args, num_samples=1, batch_size=1, seed=0)
+    if args.init_frames is not None and args.init_video is None:
+        parser.error("--init-frames has no effect without --init-video; add --init-video PATH or drop it")
+    rate, rounds = cli.rate_and_rounds(parser, pipeline.rates, args.fps, args.rounds)
     check_prompt_tokens(parser, pipeline, prompts)
     given = read_given_codes(parser, args, pipeline, rate)
     make_out(parser, args.out)
     captions = [prompt for _, prompt in prompts]
 
     logger.info("%d prompt(s) x %d sample(s): key frames at %d fps, %d round(s) -> %d fps, on %s", len(prompts),
-                args.num_samples, rate, rounds, rate * 2 ** rounds, device)
-    rounds_knobs = interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)
-    videos = generate_videos(pipeline, captions, knobs, rate, rounds, args.seed, num_samples=args.num_samples,
-                             batch_size=args.batch_size, use_cache=not args.no_cache, init_codes=given,
-                             interpolation_knobs=rounds_knobs)
+                args.num_samples, rate, rounds, rate * 2 ** rounds, pipeline.device)
+    request = Request(captions, rate, rounds, args.seed, args.num_samples, given)
+    videos = generate_videos(pipeline, request, knobs, rounds_knobs, args.batch_size, use_cache=not args.no_cache)
     replaced = listed_files(args.out)  # empty unless --overwrite let an earlier run's listing through check_out
     entries = write_videos(args.out, videos, captions)
     listing = {"bundle": str(args.ckpt.resolve()), "knobs": asdict(knobs),

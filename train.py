@@ -4,7 +4,8 @@
     deepspeed train.py --config configs/image_small.yaml          # one process per GPU
 
 Reads top to bottom: config, distributed init, seed, build, resume, loop, save. The stage (tokenizer, image,
-keyframe, interpolate) decides the model, data and export format (`cogvideo_lite/tasks/`); this file owns the loop.
+keyframe, interpolate; `cogvideo_lite/model/stages.py`) decides the model, data and export format (its task in
+`cogvideo_lite/train/`); this file owns the loop.
 """
 
 from __future__ import annotations
@@ -13,24 +14,38 @@ import argparse
 import logging
 import math
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite import distributed
-from cogvideo_lite.checkpoint import RunDirectory
-from cogvideo_lite.config import RunConfig, load_config
-from cogvideo_lite.engine import build_engine, resolve_precision
-from cogvideo_lite.tasks import build_task
-from cogvideo_lite.tasks.base import Task
-from cogvideo_lite.tasks.loader import micro_batches
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.checkpoint import RunDirectory
+from cogvideo_lite.train.config import RunConfig, load_config
+from cogvideo_lite.train.engine import build_engine, resolve_precision
+from cogvideo_lite.train.tasks import build_task
+from cogvideo_lite.train.tasks import Task
+from cogvideo_lite.train.stream import SampleStream, micro_batches
 
 logger = logging.getLogger("train")
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+@dataclass
+class Trainer:
+    """What every training step uses: the DeepSpeed engine and its optimizer, the stage's task, the sample stream,
+    this rank, and the dtype of floating-point inputs."""
+
+    engine: Any
+    optimizer: Any
+    task: Task
+    stream: SampleStream
+    dist_info: distributed.DistInfo
+    dtype: torch.dtype
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,7 +83,7 @@ def main(argv=None) -> RunDirectory:
     logger.info("stage %s: %d samples, global batch %d, steps %d -> %d, %d trainable parameters",
                 config.stage, stream.num_samples, stream.global_batch, start_step, config.train.steps,
                 sum(p.numel() for p in task.trainable_parameters()))
-    train_loop(engine, optimizer, task, stream, run, config, dist_info, dtype, start_step)
+    train_loop(Trainer(engine, optimizer, task, stream, dist_info, dtype), run, config, start_step)
     return run
 
 
@@ -106,16 +121,15 @@ def resume(engine, run: RunDirectory) -> int:
     return step
 
 
-def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDirectory, config: RunConfig,
-               dist_info: distributed.DistInfo, dtype: torch.dtype, start_step: int) -> None:
-    train = config.train
+def train_loop(trainer: Trainer, run: RunDirectory, config: RunConfig, start_step: int) -> None:
+    train, task, dist_info = config.train, trainer.task, trainer.dist_info
     bad_in_a_row = 0
     bar = tqdm(total=train.steps, initial=start_step, disable=not dist_info.is_main, desc=config.stage, dynamic_ncols=True)
-    batches = micro_batches(task, stream, start_step, train.steps, dist_info.rank, train.num_workers)
+    batches = micro_batches(task, trainer.stream, start_step, train.steps, dist_info.rank, train.num_workers)
     tic, last_logged = time.perf_counter(), start_step
     for step in range(start_step, train.steps):
         torch.manual_seed(step_seed(train.seed, step, dist_info.rank))  # randomness of a step: (seed, step, rank)
-        metrics, skipped = training_step(engine, optimizer, task, batches, stream, step, dist_info, dtype)
+        metrics, skipped = training_step(trainer, batches, step)
         bad_in_a_row = bad_in_a_row + 1 if skipped else 0
         if bad_in_a_row >= train.max_bad_steps:
             raise NonFiniteLossError(
@@ -125,13 +139,14 @@ def train_loop(engine, optimizer, task: Task, stream: SampleStream, run: RunDire
         bar.update(1)
         if done % train.log_every == 0 or done == train.steps:
             seconds, tic = time.perf_counter() - tic, time.perf_counter()
-            samples_per_second = stream.global_batch * (done - last_logged) / max(seconds, 1e-9)
+            samples_per_second = trainer.stream.global_batch * (done - last_logged) / max(seconds, 1e-9)
             last_logged = done
-            log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info)
+            log_step(trainer, run, bar, done,
+                     {"samples_per_s": round(samples_per_second, 3), "skipped": skipped, **metrics})
         if train.eval_every and done % train.eval_every == 0 and done != train.steps:
             evaluate(task, run, done, dist_info, bar)
         if done % train.save_every == 0 or done == train.steps:
-            run.save(engine, done, {"step": done}, task.export, train.keep_checkpoints)
+            run.save(trainer.engine, done, {"step": done}, task.export, train.keep_checkpoints)
     bar.close()
     check_replicas(task, run, train.steps, dist_info)
     evaluate(task, run, train.steps, dist_info, bar)
@@ -149,18 +164,18 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return seed * 1_000_003 + step + rank * 7_919_000_033
 
 
-def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, step: int,
-                  dist_info: distributed.DistInfo, dtype: torch.dtype) -> tuple[dict[str, float], bool]:
+def training_step(trainer: Trainer, batches, step: int) -> tuple[dict[str, float], bool]:
     """One optimizer step over grad_accum micro-batches. A non-finite micro-batch loss contributes no gradient;
     a step whose every micro-batch was non-finite leaves the weights unchanged (its learning rate is 0).
 
     DeepSpeed's pattern: `engine.step()` after every micro-batch's `backward`; the engine counts micro-batches,
     scales each loss by 1/grad_accum and steps the optimizer and the schedule only at the last one (the
     accumulation boundary)."""
+    engine, task, stream, dist_info = trainer.engine, trainer.task, trainer.stream, trainer.dist_info
     totals: dict[str, float] = {}
     bad, optimizer_steps = 0, engine.global_steps
     for micro_step in range(stream.grad_accum):
-        batch = {k: to_device(v, dist_info.device, dtype) for k, v in next(batches).items()}
+        batch = {k: to_device(v, dist_info.device, trainer.dtype) for k, v in next(batches).items()}
         output = engine(batch, step)
         loss = output.loss
         if distributed.any_rank(not bool(torch.isfinite(loss.detach()).all()), dist_info.device):
@@ -171,7 +186,7 @@ def training_step(engine, optimizer, task: Task, batches, stream: SampleStream, 
                 totals[key] = totals.get(key, 0.0) + float(value)
         engine.backward(loss)
         if micro_step == stream.grad_accum - 1 and bad == stream.grad_accum:
-            for group in optimizer.param_groups:  # the boundary step below then changes nothing
+            for group in trainer.optimizer.param_groups:  # the boundary step below then changes nothing
                 group["lr"] = 0.0
         engine.step()
     if engine.global_steps != optimizer_steps + 1:
@@ -189,13 +204,14 @@ def to_device(value, device: torch.device, dtype: torch.dtype):
     return value.to(device, dtype) if value.is_floating_point() else value.to(device)
 
 
-def log_step(run, bar, task, metrics, done, engine, stream, skipped, samples_per_second, dist_info) -> None:
-    if not dist_info.is_main:
+def log_step(trainer: Trainer, run: RunDirectory, bar: tqdm, done: int, metrics: dict[str, Any]) -> None:
+    """One metrics.jsonl line on rank 0: step, epoch, learning rate, then `metrics` (speed, skipped, the losses)."""
+    if not trainer.dist_info.is_main:
         return
-    record = {"step": done, "epoch": round(stream.epoch_at(done), 4), "lr": engine.get_lr()[0],
-              "samples_per_s": round(samples_per_second, 3), "skipped": skipped, **metrics}
-    run.log_metrics(record)
-    bar.set_postfix({k: f"{metrics[k]:.4g}" for k in task.progress_keys if k in metrics and math.isfinite(metrics[k])})
+    run.log_metrics({"step": done, "epoch": round(trainer.stream.epoch_at(done), 4), "lr": trainer.engine.get_lr()[0],
+                     **metrics})
+    bar.set_postfix({k: f"{metrics[k]:.4g}" for k in trainer.task.progress_keys
+                     if k in metrics and math.isfinite(metrics[k])})
 
 
 def check_replicas(task: Task, run: RunDirectory, step: int, dist_info: distributed.DistInfo) -> None:

@@ -24,14 +24,14 @@ from typing import Any, Callable
 import torch
 
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.layout import SequenceLayout
-from cogvideo_lite.prepare import PrepareConfig
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import STAGES
+from cogvideo_lite.prepare.prepare import PrepareConfig
 from cogvideo_lite.text import DEFAULT_RATES, DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, TextTokenizer, train_text_model
 from tokenizer.config import TOKENIZER_SIZES
 
 TEXT_LENGTH = PrepareConfig.text_length  # L of the shards that `prepare` writes by default
 KEY_FRAMES = PrepareConfig.num_frames  # frame slots of the key-frame and interpolation stages (CogVideo: 5)
-GENERATOR_STAGES = ("image", "keyframe", "interpolate")
 
 
 # ---------------------------------------------------------------------------------------------------- the machine
@@ -177,11 +177,11 @@ def text_tokenizer(directory: Path) -> TextTokenizer:
 def generator_layout(size: str, stage: str, text_vocab_size: int) -> SequenceLayout:
     """The sequence of a generator stage at a registered size: the size's frame-tokenizer grid and codebook, the
     default text length, 1 frame slot for the image stage and KEY_FRAMES for the video stages."""
-    if stage not in GENERATOR_STAGES:
-        raise ValueError(f"stage={stage!r}: expected one of {GENERATOR_STAGES}")
+    if stage not in STAGES or not STAGES[stage].is_generator:
+        raise ValueError(f"stage={stage!r}: expected a generator stage")
     if size not in TOKENIZER_SIZES:
         raise ValueError(f"size={size!r}: expected one of {tuple(TOKENIZER_SIZES)}")
     tokenizer = TOKENIZER_SIZES[size]
-    return SequenceLayout(text_length=TEXT_LENGTH, num_frames=1 if stage == "image" else KEY_FRAMES,
+    return SequenceLayout(text_length=TEXT_LENGTH, num_frames=KEY_FRAMES if STAGES[stage].is_video else 1,
                           grid=tokenizer.grid, text_vocab_size=text_vocab_size,
                           codebook_size=tokenizer.codebook_size)

@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.common import KEY_FRAMES, base_parser, machine_info, measure, report, set_threads
 from cogvideo_lite.data.datasets import ClipDataset, FrameDataset
 from cogvideo_lite.data.shapes import ClipSpec, generate
-from cogvideo_lite.engine import PROJECT_ROOT
+from cogvideo_lite.train.engine import PROJECT_ROOT
 from cogvideo_lite.text import DEFAULT_RATES
 
 FRAME_SIZE = 64  # the tiny tokenizer's frames

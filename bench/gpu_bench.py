@@ -5,7 +5,7 @@ DeepSpeed, sampling speed of a 33-frame video, and peak GPU memory.
     python -m bench.gpu_bench --smoke --json OUT          # CPU, tiny, a few seconds: checks the script itself
 
 Training: `GeneratorObjective` of the key-frame stage (spatial channel frozen, as `GeneratorTask` builds it) wrapped
-by `cogvideo_lite.engine.build_engine` (ZeRO-2; precision "auto": bf16 on a GPU, float32 on CPU), random codes
+by `cogvideo_lite.train.engine.build_engine` (ZeRO-2; precision "auto": bf16 on a GPU, float32 on CPU), random codes
 and real captions; one timed step = engine forward, `engine.backward`, `engine.step`. FLOPs are counted as in
 `bench.train_speed`; MFU divides them by the bf16 matmul rate of the same card measured at the start of the run
 (and, for reference, by the card's nominal dense bf16 peak where the name is known).
@@ -26,13 +26,14 @@ from bench.common import text_tokenizer as build_text_tokenizer
 from bench.matmul import time_matmul
 from bench.sample_speed import FULL_ROUNDS, build_random_bundle, frames_after, video
 from bench.train_speed import generator_step_flops, random_generator_batch
-from cogvideo_lite import distributed
-from cogvideo_lite.config import TrainConfig
-from cogvideo_lite.engine import build_engine, resolve_precision
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.config import TrainConfig
+from cogvideo_lite.train.engine import build_engine, resolve_precision
 from cogvideo_lite.model.config import GENERATOR_SIZES
+from cogvideo_lite.model.stages import KEYFRAME
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
+from cogvideo_lite.sample.pipeline import Pipeline
+from cogvideo_lite.train.generator_task import GeneratorObjective
 
 # Nominal dense bf16 tensor-core peaks (NVIDIA data sheets, without sparsity), matched on the device name.
 NOMINAL_BF16_FLOPS = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
@@ -72,10 +73,10 @@ def synchronizer(device: torch.device):
 def train_rows(size: str, batch: int, warmup: int, steps: int, text, device: torch.device, matmul_rate: float,
                memory: PeakMemory) -> list[dict[str, Any]]:
     config = GENERATOR_SIZES[size]
-    layout = generator_layout(size, "keyframe", text.vocab_size)
+    layout = generator_layout(size, KEYFRAME.name, text.vocab_size)
     model = Generator(config, layout)
     model.freeze_spatial()
-    module = GeneratorObjective(model, "keyframe", layout).train().to(device)
+    module = GeneratorObjective(model, KEYFRAME, layout).train().to(device)
     train = TrainConfig(micro_batch=batch, grad_accum=1, zero_stage=2, warmup_steps=0)
     parameters = [p for p in model.parameters() if p.requires_grad]
     engine, _, _ = build_engine(module, parameters, train, distributed.world_size(), device)
@@ -88,7 +89,7 @@ def train_rows(size: str, batch: int, warmup: int, steps: int, text, device: tor
 
     memory.reset()
     timing = measure(step, warmup, steps, synchronizer(device))
-    flops = generator_step_flops(config, layout, "keyframe", batch)
+    flops = generator_step_flops(config, layout, KEYFRAME.name, batch)
     row = {"phase": f"train keyframe ({resolve_precision(train, device)}, DeepSpeed ZeRO-{train.zero_stage})",
            "size": size, "batch": batch, "s/step": timing.seconds,
            "tokens/s": batch * layout.seq_length / timing.seconds,

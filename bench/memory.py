@@ -39,12 +39,13 @@ from bench.common import text_tokenizer as build_text_tokenizer
 from bench.sample_speed import FULL_ROUNDS, build_random_bundle, video
 from bench.train_speed import STAGES, build_generator_stage, build_tokenizer_stage, plain_step
 from cogvideo_lite.model.config import GENERATOR_SIZES
+from cogvideo_lite.model.stages import IMAGE, KEYFRAME, STAGES as REGISTRY
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
+from cogvideo_lite.sample.pipeline import Pipeline
 
 MB = 2**20
 GB = 2**30
-SAVED_PER_TOKEN_LAYER = {"image": 16, "keyframe": 17, "interpolate": 17}  # in units of D, see the docstring
+SAVED_PER_TOKEN_LAYER = {False: 16, True: 17}  # image stage, video stages: in units of D, see the docstring
 TRAIN_STEPS = 2
 SAMPLE_BATCHES = (1, 8)
 
@@ -54,7 +55,7 @@ def parameter_counts(size: str, stage: str, text_vocab_size: int) -> tuple[int, 
     """(all, trainable) parameters of a generator stage, counted on the meta device."""
     with torch.device("meta"):
         model = Generator(GENERATOR_SIZES[size], generator_layout(size, stage, text_vocab_size))
-    if stage != "image":
+    if REGISTRY[stage].is_video:
         model.freeze_spatial()
     return (sum(p.numel() for p in model.parameters()),
             sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -64,7 +65,7 @@ def activation_elements(size: str, stage: str, text_vocab_size: int) -> int:
     """Elements saved for the backward pass by one training sequence (see the module docstring)."""
     config, layout = GENERATOR_SIZES[size], generator_layout(size, stage, text_vocab_size)
     tokens = layout.seq_length
-    per_layer = SAVED_PER_TOKEN_LAYER[stage] * config.dim * tokens
+    per_layer = SAVED_PER_TOKEN_LAYER[REGISTRY[stage].is_video] * config.dim * tokens
     layers = (config.depth * config.dim * tokens + per_layer if config.activation_checkpointing
               else config.depth * per_layer)
     return layers + 2 * tokens * layout.codebook_size
@@ -75,8 +76,8 @@ def computed_row(size: str, stage: str, text_vocab_size: int) -> dict[str, Any]:
     frozen = everything - trainable
     config, layout = GENERATOR_SIZES[size], generator_layout(size, stage, text_vocab_size)
     activations = activation_elements(size, stage, text_vocab_size)
-    cache_stage = layout.with_frames(1) if stage == "image" else layout
-    channels = 1 if stage == "image" else 2
+    cache_stage = layout if REGISTRY[stage].is_video else layout.with_frames(1)
+    channels = len(REGISTRY[stage].channels)
     kv_cache = channels * 2 * config.depth * SAMPLE_BATCHES[-1] * cache_stage.seq_length * config.dim * 4
     return {"size": size, "stage": stage, "S": layout.seq_length, "params M": everything / 1e6,
             "trainable M": trainable / 1e6,
@@ -113,8 +114,8 @@ def measure_training(stage: str, threads: int) -> dict[str, Any]:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
         text = build_text_tokenizer(Path(scratch))
-    setup = build_tokenizer_stage("tiny", None) if stage == "tokenizer" else build_generator_stage(stage, "tiny",
-                                                                                                   None, text)
+    setup = (build_generator_stage(stage, "tiny", None, text) if REGISTRY[stage].is_generator
+             else build_tokenizer_stage("tiny", None))
     built = psutil.Process().memory_info().rss
     saved = saved_for_backward_bytes(setup)
     step = plain_step(setup)
@@ -123,7 +124,7 @@ def measure_training(stage: str, threads: int) -> dict[str, Any]:
     row = {"case": f"train {stage}", "batch": next(iter(setup.batch.values())).shape[0],
            "peak RSS MB": peak_rss_bytes() / MB, "RSS growth MB": (peak_rss_bytes() - built) / MB,
            "saved for backward MB": saved / MB}
-    if stage != "tokenizer":
+    if REGISTRY[stage].is_generator:
         row["estimate MB"] = 4 * row["batch"] * activation_elements("tiny", stage, text.vocab_size) / MB
     return row
 
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
         measured += [in_fresh_process(measure_sampling, batch, args.threads) for batch in SAMPLE_BATCHES]
     with tempfile.TemporaryDirectory() as scratch:
         vocabulary = build_text_tokenizer(Path(scratch)).vocab_size
-    computed = [computed_row(size, stage, vocabulary) for size in args.sizes for stage in ("image", "keyframe")]
+    computed = [computed_row(size, stage, vocabulary) for size in args.sizes for stage in (IMAGE.name, KEYFRAME.name)]
     machine = machine_info()
     record = report("memory", "measured memory, size tiny (fresh process per case)", measured, None, {}, machine)
     notes = ["training batches are the micro-batches of configs/*_tiny.yaml",

@@ -28,13 +28,14 @@ import torch
 from bench.common import KEY_FRAMES, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
 from bench.train_speed import adamw, generator_step_flops, linear_flops, random_generator_batch
-from cogvideo_lite.config import TrainConfig
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.config import TrainConfig
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
-from cogvideo_lite.model.generate import generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.stages import KEYFRAME
+from cogvideo_lite.sample.generate import Condition, Sampler, generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
+from cogvideo_lite.train.generator_task import GeneratorObjective
 
 DEFAULT_BATCH = {"tiny": 4, "small": 1, "base": 1}
 GIVEN_FRAMES = 1  # the key-frame stage's prompt: prefix and frame 0
@@ -71,7 +72,7 @@ def training_step(forward: Callable[[], torch.Tensor], optimizer: torch.optim.Op
 
 def compare_size(size: str, batch: int, text, warmup: int, repeats: int) -> list[dict[str, Any]]:
     config = GENERATOR_SIZES[size]
-    layout = generator_layout(size, "keyframe", text.vocab_size)
+    layout = generator_layout(size, KEYFRAME.name, text.vocab_size)
     train = TrainConfig()
     sequence = layout.seq_length
     gpt2 = build_gpt2(config, layout).train()
@@ -86,11 +87,11 @@ def compare_size(size: str, batch: int, text, warmup: int, repeats: int) -> list
         model = Generator(config, layout)
         if frozen:
             model.freeze_spatial()
-        module = GeneratorObjective(model, "keyframe", layout).train()
+        module = GeneratorObjective(model, KEYFRAME, layout).train()
         timing = measure(training_step(lambda: module(data, 0).loss,
                                        adamw([p for p in model.parameters() if p.requires_grad], train)),
                          warmup, repeats)
-        flops = generator_step_flops(config, layout, "keyframe", batch)
+        flops = generator_step_flops(config, layout, KEYFRAME.name, batch)
         flop_ratio = (flops.executed if frozen else flops.model) / gpt2_flops
         rows.append({"size": size, "task": "train step", "model": label, "batch": batch, "S": sequence,
                      "s": timing.seconds, "time ratio": timing.seconds / gpt2_timing.seconds,
@@ -106,12 +107,11 @@ def compare_generation(size: str, config: GeneratorConfig, layout: SequenceLayou
     prompt_length = layout.prefix_length + GIVEN_FRAMES * layout.slot_length
     model = Generator(config, layout).eval()
     data = random_generator_batch(layout, text, 1)
-    text_ids, text_pad = data["tokens"][:, :layout.text_length], data["text_pad"]
-    fps = data["tokens"][:, layout.fps_position]
+    condition = Condition(data["tokens"][:, :layout.text_length], data["text_pad"],
+                          data["tokens"][:, layout.fps_position], text.boi_id)
     first = layout.extract_codes(data["tokens"])[:, :GIVEN_FRAMES]  # (1, 1, h, w)
     with torch.no_grad():
-        ours = measure(lambda: generate_keyframes(model, text_ids, text_pad, fps, text.boi_id, first, KEY_FRAMES,
-                                                  SamplingKnobs(), seed=0), warmup, repeats)
+        ours = measure(lambda: generate_keyframes(model, condition, first, Sampler(SamplingKnobs())), warmup, repeats)
     gpt2 = build_gpt2(config, layout).eval()
     prompt = torch.randint(0, layout.codebook_size, (1, prompt_length), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

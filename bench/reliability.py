@@ -41,68 +41,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bench.common import machine_info, report, text_tokenizer
-from cogvideo_lite.checkpoint import PARTIAL_SUFFIX, RunDirectory
-from cogvideo_lite.data.shapes import ClipSpec, generate
-from cogvideo_lite.distributed import free_port
-from cogvideo_lite.prepare import PrepareConfig, prepare
-from tokenizer.config import TokenizerConfig
-from tokenizer.io import save_tokenizer
-from tokenizer.model import VQVAE
+from bench.common import machine_info, report
+from cogvideo_lite.model.stages import IMAGE, STAGES
+from cogvideo_lite.train.checkpoint import PARTIAL_SUFFIX, RunDirectory
+from cogvideo_lite.train.distributed import free_port
+from tests.toys import SAVE_EVERY, STEPS, ToyInputs, build_toy_inputs, stage_sets
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-STAGES = ("tokenizer", "image", "keyframe", "interpolate")
-VARIANTS = STAGES + ("tokenizer-2ranks",)  # the campaign's cycle: every stage, then two processes
+VARIANTS = tuple(STEPS) + ("tokenizer-2ranks",)  # the campaign's cycle: every stage, then two processes
 MOMENTS = ("between", "checkpoint")
-STEPS = {"tokenizer": 6, "image": 12, "keyframe": 12, "interpolate": 12}  # ~0.3 s a tokenizer step, ~0.03 s others
-SAVE_EVERY = 2  # every other step saves: the others are steps between checkpoints
 POLL_SECONDS = 0.001  # a generator checkpoint is written in ~5 ms, a tokenizer one in ~100 ms
 RUN_TIMEOUT = 300  # seconds for one train.py run (two processes start slowly on a busy machine)
 NOT_COMPARED = ("samples_per_s",)  # a measured speed: differs between any two runs
-SHAPES_CLIPS, SHAPES_SEED = 4, 7
-TOY_TOKENIZER = TokenizerConfig(image_size=32, codebook_size=64, channels=32, channel_mult=(1, 1, 1, 1))
-TOY_MODEL = ("model.dim=32", "model.depth=2", "model.heads=2")
 BAD_INPUT_FRAMES, BAD_INPUT_RATES = 5, "1,2,4,8"
-
-
-# ---------------------------------------------------------------------------------------------------- toy inputs
-@dataclass(frozen=True)
-class ToyInputs:
-    """What the stages train on: built-in clips, a random (untrained) frame tokenizer, a text model, shards."""
-
-    shapes: Path
-    tokenizer: Path
-    text: Path
-    shards: Path
-
-
-def build_toy_inputs(root: Path) -> ToyInputs:
-    """A few seconds: 4 built-in clips, a random 32x32 -> 4x4 VQVAE, a sentencepiece model, 16 shard samples."""
-    root = Path(root)
-    inputs = ToyInputs(root / "shapes", root / "tokenizer", root / "text", root / "shards")
-    generate(inputs.shapes, SHAPES_CLIPS, SHAPES_SEED, ClipSpec(), progress=False)
-    text_tokenizer(inputs.text)
-    torch.manual_seed(0)
-    save_tokenizer(VQVAE(TOY_TOKENIZER).eval(), inputs.tokenizer)
-    prepare(PrepareConfig(data=inputs.shapes, tokenizer=inputs.tokenizer, text=inputs.text, out=inputs.shards),
-            progress=False, device="cpu")
-    return inputs
-
-
-def stage_sets(stage: str, inputs: ToyInputs, image_run: Path | None = None) -> list[str]:
-    """The `--set` overrides of a tiny run of `stage` (a video stage extends the image run `image_run`)."""
-    common = [f"train.steps={STEPS[stage]}", f"train.save_every={SAVE_EVERY}", "train.keep_checkpoints=2",
-              "train.micro_batch=4", "train.warmup_steps=2", "train.log_every=1"]
-    if stage == "tokenizer":
-        return common + [f"data.sources=[{{path: {inputs.shapes}, frames: 4}}]", "data.heldout=[]",
-                         "tokenizer.image_size=32", "tokenizer.codebook_size=64", "tokenizer.usage_window=1024"]
-    sets = common + [f"data.shards={inputs.shards}", *TOY_MODEL]
-    if stage != "image":
-        if image_run is None:
-            raise ValueError(f"the {stage} stage extends an image run: pass image_run")
-        sets.append(f"image_checkpoint={image_run}")
-    return sets
 
 
 def train_command(stage: str, run_dir: Path, sets: list[str], ranks: int = 1, resume: bool = False) -> list[str]:
@@ -370,7 +322,7 @@ class ReferenceRuns:
         self.inputs, self.work, self.runs = inputs, Path(work), {}
 
     def sets(self, stage: str) -> list[str]:
-        return stage_sets(stage, self.inputs, self.get("image") if stage in ("keyframe", "interpolate") else None)
+        return stage_sets(stage, self.inputs, self.get(IMAGE.name) if STAGES[stage].is_video else None)
 
     def get(self, variant: str) -> Path:
         if variant not in self.runs:

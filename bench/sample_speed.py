@@ -4,13 +4,13 @@ with and without the KV cache, at batch 1 and batch 8, and with an image expert 
     python -m bench.sample_speed [--size tiny] [--batches 1 8] [--expert-weight 0.3] [--uncached-rounds 3]
                                  [--threads 1] [--json OUT]
 
-The bundle is random (built in seconds, no training): a real sentencepiece model on the built-in captions, a
-random frame tokenizer, random generator stages of the registered size and a random image expert of the same
-size (a second image stage), saved and loaded through `Pipeline.load` as `sample.py` does. Speed does not depend on the weight values. A batch of B is B samples of one
-prompt in one `generate_videos` call (batch_size = B). The uncached path reruns the whole sequence for every token;
-it is measured once at batch 1. The cached batches are timed again with `--expert-weight` on the key frames and
-the in-betweens (0 skips those rows); `--uncached-rounds` below 3 measures a shorter video (fewer frames), which the
-table shows in its `frames` column; nothing is extrapolated.
+The bundle is random (built in seconds, no training): a real sentencepiece model on the built-in captions, a random
+frame tokenizer, random generator stages of the registered size and a random image expert of the same size (a second
+image stage), saved and loaded through `Pipeline.load` as `sample.py` does. Speed does not depend on the weight
+values. A batch of B is B samples of one prompt in one `generate_videos` call (batch_size = B). The uncached path
+reruns the whole sequence for every token; it is measured once at batch 1. The cached batches are timed again with
+`--expert-weight` on the key frames and the in-betweens (0 skips those rows); `--uncached-rounds` below 3 measures a
+shorter video (fewer frames), which the table shows in its `frames` column; nothing is extrapolated.
 A per-step breakdown (frame 0, key frames, each round, decode) of the cached batch-1 video comes from timing the
 same calls one by one.
 """
@@ -27,13 +27,14 @@ import torch
 
 from bench.common import KEY_FRAMES, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
-from cogvideo_lite.checkpoint import sha256_file
-from cogvideo_lite.generator_io import load_image_model, save_stage
+from cogvideo_lite.bundle.exports import load_image_model, save_stage
 from cogvideo_lite.model.config import GENERATOR_SIZES
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.stages import IMAGE, VIDEO_STAGES
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline, decode_codes, encode_prompts, generate_videos
+from cogvideo_lite.provenance import sha256_file
+from cogvideo_lite.sample.generate import Sampler, generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Pipeline, Request, decode_codes, generate_videos
 from tokenizer.config import TOKENIZER_SIZES
 from tokenizer.io import WEIGHTS_FILE, save_tokenizer
 from tokenizer.model import VQVAE
@@ -59,26 +60,25 @@ def build_random_bundle(root: Path, size: str) -> Path:
                                      "weights_sha256": sha256_file(root / "tokenizer" / WEIGHTS_FILE)}}
     layout = generator_layout(size, "image", text.vocab_size)
     image = Generator(GENERATOR_SIZES[size], layout).eval()
-    save_stage(image, root / "image", "image", json.loads(json.dumps(contracts)))
+    save_stage(image, root / "image", IMAGE, json.loads(json.dumps(contracts)))
     expert = Generator(GENERATOR_SIZES[size], layout).eval()  # other random weights, the same contracts
-    save_stage(expert, root / "expert", "image", json.loads(json.dumps(contracts)))
-    for stage in ("keyframe", "interpolate"):
+    save_stage(expert, root / "expert", IMAGE, json.loads(json.dumps(contracts)))
+    for stage in VIDEO_STAGES:
         model, _ = load_image_model(root / "image")
         model.layout = layout.with_frames(KEY_FRAMES)
         model.initialise_temporal_from_spatial()
-        save_stage(model, root / stage, stage, json.loads(json.dumps(contracts)), image_dir=root / "image")
+        save_stage(model, root / stage.name, stage, json.loads(json.dumps(contracts)), image_dir=root / "image")
     return root
 
 
 def video(pipeline: Pipeline, batch: int, rounds: int, use_cache: bool, knobs: SamplingKnobs = KNOBS) -> None:
-    generate_videos(pipeline, [PROMPT], knobs, key_rate=KEY_RATE, rounds=rounds, seed=0, num_samples=batch,
-                    batch_size=batch, use_cache=use_cache, progress=False)
+    generate_videos(pipeline, Request([PROMPT], KEY_RATE, rounds, num_samples=batch), knobs, batch_size=batch,
+                    use_cache=use_cache, progress=False)
 
 
 def breakdown(pipeline: Pipeline) -> dict[str, float]:
     """Seconds of each step of one cached batch-1 video, run one by one with the pipeline's models."""
-    text_ids, text_pad = encode_prompts(pipeline, [PROMPT])  # (1, L)
-    boi = pipeline.text.boi_id
+    condition = pipeline.condition([PROMPT], KEY_RATE)  # (1, L)
     seconds: dict[str, float] = {}
 
     def timed(name: str, call):
@@ -87,14 +87,12 @@ def breakdown(pipeline: Pipeline) -> dict[str, float]:
         seconds[name] = time.perf_counter() - start
         return out
 
-    fps = torch.tensor([pipeline.text.fps_id(KEY_RATE)])
-    first = timed("frame 0", lambda: generate_image(pipeline.image, text_ids, text_pad, fps, boi, KNOBS, 0))
-    codes = timed("key frames", lambda: generate_keyframes(pipeline.keyframe, text_ids, text_pad, fps, boi, first,
-                                                           KEY_FRAMES, KNOBS, 1))
+    first = timed("frame 0", lambda: generate_image(pipeline.image, condition, Sampler(KNOBS, 0)))
+    codes = timed("key frames", lambda: generate_keyframes(pipeline.keyframe, condition, first, Sampler(KNOBS, 1)))
     for round_index in range(FULL_ROUNDS):
-        rate = torch.tensor([pipeline.text.fps_id(KEY_RATE * 2 ** (round_index + 1))])
-        codes = timed(f"round {round_index + 1}", lambda: interpolate(pipeline.interpolate, text_ids, text_pad, rate,
-                                                                      boi, codes, KNOBS, 2 + round_index))
+        rate = condition.with_rate(pipeline.text.fps_id(KEY_RATE * 2 ** (round_index + 1)))
+        codes = timed(f"round {round_index + 1}", lambda: interpolate(pipeline.interpolate, rate, codes,
+                                                                      Sampler(KNOBS, 2 + round_index)))
     timed("decode", lambda: decode_codes(pipeline, codes))
     return seconds
 

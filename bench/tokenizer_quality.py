@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cogvideo_lite.tasks.tokenizer_task import resolve_source
+from cogvideo_lite.train.tokenizer_task import resolve_source
 from tokenizer.evaluate import evaluate_frames, load_dataset_frames
 from tokenizer.io import load_tokenizer
 from tokenizer.metrics import psnr, ssim

@@ -8,7 +8,7 @@ AdamW settings; `--size` swaps in another registered size with the same override
 shape: random codes and real captions for the generator stages (weights are random; speed does not depend on
 them), random frames for the tokenizer. One timed step = forward + backward + AdamW step + zero_grad of the plain
 PyTorch module that DeepSpeed would wrap (`--deepspeed` also times the same step through
-`cogvideo_lite.engine.build_engine`, ZeRO-2, as `train.py` runs it).
+`cogvideo_lite.train.engine.build_engine`, ZeRO-2, as `train.py` runs it).
 
 FLOP counting convention (matmuls only; norms, softmax, embeddings lookups and the optimizer are not counted):
 - forward, per sequence of S tokens with a prefix of P = L + 1: every linear layer 2 x fan_in x fan_out per token
@@ -40,19 +40,20 @@ from torch import nn
 from bench.common import Timing, base_parser, generator_layout, machine_info, measure, report, set_threads
 from bench.common import text_tokenizer as build_text_tokenizer
 from bench.matmul import REFERENCE_SIZE, measured_matmul_flops
-from cogvideo_lite.config import RunConfig, TrainConfig, load_config
+from cogvideo_lite.train.config import RunConfig, TrainConfig, load_config
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.engine import PROJECT_ROOT
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.train.engine import PROJECT_ROOT
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
+from cogvideo_lite.model.stages import STAGES as REGISTRY
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.tasks.generator_task import GeneratorObjective
-from cogvideo_lite.tasks.tokenizer_task import TokenizerObjective
+from cogvideo_lite.train.generator_task import GeneratorObjective
+from cogvideo_lite.train.tokenizer_task import TokenizerObjective
 from cogvideo_lite.text import TextTokenizer
 from tokenizer.config import TOKENIZER_SIZES
 from tokenizer.model import VQVAE
 
-STAGES = ("tokenizer", "image", "keyframe", "interpolate")
+STAGES = tuple(REGISTRY)  # the stage names: tokenizer, image, keyframe, interpolate
 STAGE_CONFIGS = {stage: PROJECT_ROOT / "configs" / f"{stage}_tiny.yaml" for stage in STAGES}
 DATA_SEED = 0
 
@@ -79,7 +80,7 @@ def generator_forward_flops(config: GeneratorConfig, layout: SequenceLayout, sta
                      + linear_flops(total, dim, hidden) + linear_flops(total, hidden, dim))
     attention_layer = 4.0 * total * total * dim
     temporal_layer = 0.0
-    if stage != "image":
+    if REGISTRY[stage].is_video:
         temporal_layer = linear_flops(total, dim, 3 * dim) + linear_flops(frame_tokens, dim, dim)
         attention_layer += 4.0 * frame_tokens * total * dim
     return {"spatial": config.depth * spatial_layer + linear_flops(total, dim, layout.codebook_size),
@@ -91,7 +92,7 @@ def generator_step_flops(config: GeneratorConfig, layout: SequenceLayout, stage:
     """One training step of `batch` sequences; the video stages train the temporal group alone."""
     parts = {name: batch * value for name, value in generator_forward_flops(config, layout, stage).items()}
     forward = sum(parts.values())
-    frozen_factor = 3.0 if stage == "image" else 2.0  # no weight gradient for frozen weights
+    frozen_factor = 2.0 if REGISTRY[stage].is_video else 3.0  # no weight gradient for frozen weights
     executed = frozen_factor * parts["spatial"] + 3.0 * (parts["temporal"] + parts["attention"])
     return StepFlops(forward=forward, model=3.0 * forward, executed=executed)
 
@@ -149,9 +150,9 @@ def stage_config(stage: str, size: str) -> RunConfig:
     config = load_config(STAGE_CONFIGS[stage])
     if size == "tiny":
         return config
-    if stage == "tokenizer":
-        return dataclasses.replace(config, tokenizer=_resized(config.tokenizer, TOKENIZER_SIZES, size))
-    return dataclasses.replace(config, model=_resized(config.model, GENERATOR_SIZES, size))
+    section = REGISTRY[stage].section  # `tokenizer` or `model`
+    sizes = GENERATOR_SIZES if REGISTRY[stage].is_generator else TOKENIZER_SIZES
+    return dataclasses.replace(config, **{section: _resized(getattr(config, section), sizes, size)})
 
 
 def _resized(current, registry: dict, size: str):
@@ -176,9 +177,9 @@ def build_generator_stage(stage: str, size: str, batch: int | None, text: TextTo
     batch = batch or config.train.micro_batch
     layout = generator_layout(size, stage, text.vocab_size)
     model = Generator(config.model, layout)
-    if stage != "image":
+    if REGISTRY[stage].is_video:
         model.freeze_spatial()  # as GeneratorTask does after loading the image export
-    module = GeneratorObjective(model, stage, layout).train()
+    module = GeneratorObjective(model, REGISTRY[stage], layout).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     return StageSetup(stage, module, parameters, random_generator_batch(layout, text, batch), config.train,
                       generator_step_flops(config.model, layout, stage, batch),
@@ -202,7 +203,7 @@ def build_tokenizer_stage(size: str, batch: int | None) -> StageSetup:
 
 
 def adamw(parameters: list[nn.Parameter], train: TrainConfig) -> torch.optim.AdamW:
-    """The optimizer of `cogvideo_lite.engine.build_engine`: AdamW, no weight decay on vectors."""
+    """The optimizer of `cogvideo_lite.train.engine.build_engine`: AdamW, no weight decay on vectors."""
     decay = [p for p in parameters if p.ndim >= 2]
     no_decay = [p for p in parameters if p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": train.weight_decay},
@@ -225,8 +226,8 @@ def plain_step(setup: StageSetup) -> Callable[[], None]:
 
 def deepspeed_step(setup: StageSetup) -> Callable[[], None]:
     """The same step through the DeepSpeed engine that train.py uses (ZeRO-2, float32 on CPU)."""
-    from cogvideo_lite import distributed
-    from cogvideo_lite.engine import build_engine
+    from cogvideo_lite.train import distributed
+    from cogvideo_lite.train.engine import build_engine
 
     info = distributed.init_distributed()
     train = dataclasses.replace(setup.train, micro_batch=next(iter(setup.batch.values())).shape[0], grad_accum=1)
@@ -273,8 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         text = build_text_tokenizer(Path(scratch))
         for stage in args.stages:
-            setup = (build_tokenizer_stage(args.size, args.batch) if stage == "tokenizer"
-                     else build_generator_stage(stage, args.size, args.batch, text))
+            setup = (build_generator_stage(stage, args.size, args.batch, text) if REGISTRY[stage].is_generator
+                     else build_tokenizer_stage(args.size, args.batch))
             rows.append(result_row(setup, "torch", measure(plain_step(setup), args.warmup, args.repeats), matmul))
             if args.deepspeed:
                 rows.append(result_row(setup, "deepspeed", measure(deepspeed_step(setup), args.warmup, args.repeats),

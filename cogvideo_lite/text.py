@@ -10,13 +10,13 @@ Normalisation: the model applies NFKC and case folding (sentencepiece's `nmt_nfk
 whitespace, so `encode("A  Red circle") == encode("a red circle")` and `decode(encode(c))` gives the lower-case,
 single-spaced form of `c`. For the lower-case captions of the built-in dataset the round trip is exact.
 
-What it does not know: the sequence layout (where text, fps and BOI go, `layout.py`), the frame tokenizer, how
+What it does not know: the sequence layout (where text, fps and BOI go, `model/layout.py`), the frame tokenizer, how
 captions are read from disk (`data/captions.py`, used only by the command line).
 
 Where the idea comes from: CogVideo trains on text ids from a shared tokenizer and writes the frame rate as text
-("4.0秒"); DESIGN.md §3 replaces that with a dedicated token per rate that cannot be mis-tokenised. Byte-pair
-encoding rather than unigram because on a few hundred short captions unigram keeps almost only single
-characters, while BPE learns whole words (a built-in caption becomes ~6 ids instead of ~30).
+("4.0秒"); here a dedicated token per rate replaces it, one that cannot be mis-tokenised. Byte-pair encoding
+rather than unigram because on a few hundred short captions unigram keeps almost only single characters, while BPE
+learns whole words (a built-in caption becomes ~6 ids instead of ~30).
 
 Command line: `python -m cogvideo_lite.text --data DIR --out DIR [--vocab-size N] [--rates 1,2,4,8]`.
 """
@@ -24,7 +24,6 @@ Command line: `python -m cogvideo_lite.text --data DIR --out DIR [--vocab-size N
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -32,6 +31,9 @@ from pathlib import Path
 
 import sentencepiece
 import torch
+
+from cogvideo_lite import cli
+from cogvideo_lite.provenance import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -78,33 +80,9 @@ def check_rates(rates: tuple[int, ...]) -> None:
                          f"(e.g. 1,2,4,8), since every interpolation round doubles the frame rate")
 
 
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------
-
-def read_prompt_lines(path: Path) -> list[tuple[int, str]]:
-    """(line number, line) of a prompts file, one caption per line (`sample.py --prompts`, `evaluate --prompts`):
-    UTF-8, a leading byte-order mark dropped. ValueError saying why a file cannot serve (missing, unreadable, not
-    UTF-8), for the command line to prefix with its option."""
-    if not path.is_file():
-        raise ValueError("no such file; give a text file with one caption per line")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
-    except UnicodeDecodeError as error:
-        raise ValueError(f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
-                         "save the file as UTF-8") from None
-    except OSError as error:
-        raise ValueError(f"cannot be read ({error.strerror}); give a readable text file") from None
-    return list(enumerate(text.split("\n"), start=1))  # universal newlines: line numbers as editors count them
-
 
 def special_piece_count(rates: tuple[int, ...]) -> int:
     """Pieces a text model holds besides bytes and characters: pad, unk, <boi> and one <fps_R> per rate."""
@@ -142,7 +120,7 @@ def train_text_model(captions: list[str], out_path: Path, vocab_size: int, rates
     processor = sentencepiece.SentencePieceProcessor(model_proto=model_bytes.getvalue())
     spec = {
         "model_file": out_path.name,
-        "model_sha256": sha256_of_file(out_path),
+        "model_sha256": sha256_file(out_path),
         "model_type": "bpe",
         "normalisation": "nmt_nfkc_cf (NFKC, case folded, whitespace collapsed)",
         "vocab_size": processor.get_piece_size(),
@@ -176,7 +154,7 @@ class TextTokenizer:
         model_path = spec_path.parent / spec["model_file"]
         if not model_path.is_file():
             raise FileNotFoundError(f"text model {model_path} named by {spec_path} is missing")
-        actual_sha256 = sha256_of_file(model_path)
+        actual_sha256 = sha256_file(model_path)
         if actual_sha256 != spec["model_sha256"]:
             raise ValueError(f"text model {model_path} has sha256 {actual_sha256} but {spec_path} "
                              f"expects {spec['model_sha256']}")
@@ -262,14 +240,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
                         help=f"upper bound on the pieces (default %(default)s); at least {BYTE_PIECES} byte pieces + "
                              "the special pieces + the distinct characters of the captions")
-    parser.add_argument("--rates", type=parse_rates, default=DEFAULT_RATES, help="frame rates with an fps token")
+    parser.add_argument("--rates", type=cli.rates_argument, default=DEFAULT_RATES,
+                        help="frame rates with an fps token")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli.setup_logging()
 
-    try:
+    with cli.user_errors(parser, prefix="argument --data"):  # no captions file, or two of them
         entries, problems = load_entries(args.data)
-    except (OSError, ValueError) as error:  # no captions file, or two of them
-        parser.error(f"argument --data: {error}")
     for problem in problems:
         logger.warning("skipped caption entry %s: %s", problem.path, problem.reason)
     if not entries:
@@ -281,10 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                      f"({BYTE_PIECES} byte pieces + {special_piece_count(args.rates)} special pieces + "
                      f"{minimum - BYTE_PIECES - special_piece_count(args.rates)} distinct characters); it is an upper "
                      f"bound, so a larger value (default {DEFAULT_VOCAB_SIZE}) is safe")
-    try:
+    with cli.user_errors(parser, ValueError, prefix=f"--vocab-size {args.vocab_size}"):
         tokenizer = train_text_model(captions, args.out / TEXT_MODEL_FILE, args.vocab_size, args.rates)
-    except ValueError as error:
-        parser.error(f"--vocab-size {args.vocab_size}: {error}")
     lengths = []
     for entry in entries:
         try:

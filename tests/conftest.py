@@ -62,7 +62,7 @@ def bundle(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(bundle):
-    from cogvideo_lite.pipeline import Pipeline
+    from cogvideo_lite.sample.pipeline import Pipeline
 
     torch.set_num_threads(1)
     return Pipeline.load(bundle)

@@ -2,7 +2,7 @@
 
 import torch
 
-from cogvideo_lite.tasks.tokenizer_task import TokenizerObjective
+from cogvideo_lite.train.tokenizer_task import TokenizerObjective
 from tokenizer.config import TokenizerConfig
 from tokenizer.discriminator import PatchDiscriminator
 from tokenizer.losses import hinge_d_loss, tokenizer_loss

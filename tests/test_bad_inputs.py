@@ -146,3 +146,16 @@ def test_check_exits_non_zero_when_nothing_is_usable(corpus, tmp_path):
     )
     assert finished.returncode != 0
     assert "good: 0, bad: 5" in finished.stdout and "no usable clip" in finished.stderr
+
+
+def test_check_names_the_video_of_a_caption_less_entry(tmp_path, capsys):
+    """A line without a caption (or with an empty one) is named by its line and by the video it points to."""
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    lines = [{"video": "clips/a.mp4"}, {"video": "clips/b.mp4", "caption": " "}]
+    (root / "captions.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert check_main([str(root)]) == 1  # nothing usable
+    printed = capsys.readouterr().out
+    captions = (root / "captions.jsonl").resolve()
+    assert f"{captions}:1: missing caption (video clips/a.mp4)" in printed
+    assert f"{captions}:2: empty caption (video clips/b.mp4, caption ' ')" in printed

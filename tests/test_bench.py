@@ -1,6 +1,6 @@
 """The benchmarks' own arithmetic: analytic FLOP counts against torch's FLOP counter, the memory estimate against
-what autograd saves, parameter counts on the meta device against a real model, timing and table helpers, and a CPU
-smoke run of the GPU benchmark. No speed is asserted."""
+what autograd saves, parameter counts on the meta device against a real model, timing and table helpers, a CPU
+smoke run of the GPU benchmark, and the YAML run lists of the GPU runs. No speed is asserted."""
 
 from __future__ import annotations
 
@@ -113,70 +113,20 @@ def test_gpu_bench_smoke_runs_on_cpu_and_writes_json(tmp_path):
     assert record["settings"]["smoke"] and record["machine"]["torch"] == torch.__version__
 
 
-def test_shape_probe_counts_the_checkers_shape_per_captioned_shape(bundle):
-    import numpy as np
+@pytest.mark.parametrize("name", ["tokenizer", "generator", "video_stages"])
+def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
+    """The YAML run lists of the GPU runs: each run's config exists, names are unique, evaluations name runs of the
+    list, and a dry run prints one train.py command per run."""
+    import yaml
 
-    from bench.shape_probe import main as shape_probe, shape_shares
-    from cogvideo_lite.data.shapes import caption_for, render_clip
+    from bench.gpu_runs import main as gpu_runs
 
-    rng = np.random.default_rng(0)
-    words = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "square")]
-    frames = np.stack([render_clip(colour, shape, "left", "slowly", rng)[0][0] for colour, shape in words])
-    captions = [caption_for(colour, shape, "left", "slowly") for colour, shape in words]
-    assert shape_shares(frames, captions) == {"circle": 1.0, "square": 1.0, "triangle": 1.0}
-    # the same frames under other shapes' captions: the circle called a square, one square called a triangle
-    wrong = [caption_for(c, s, "left", "slowly") for c, s in
-             [("red", "square"), ("blue", "square"), ("green", "triangle"), ("yellow", "triangle")]]
-    assert shape_shares(frames, wrong) == {"square": 0.5, "triangle": 0.5}
-    result = shape_probe(["--ckpt", str(bundle), "--seeds", "1"])  # the untrained tiny bundle: runs end to end
-    assert result["captions"] == 168 and set(result["image_model"]) == {"circle", "square", "triangle"}
-
-
-def test_shape_probe_image_option_swaps_in_another_export_that_fits(bundle, tmp_path):
-    import shutil
-
-    from safetensors.torch import save_file
-
-    from bench.shape_probe import main as shape_probe, swap_image_model
-    from cogvideo_lite.bundle import resolve_parts
-    from cogvideo_lite.generator_io import CheckpointMismatch, read_weights
-    from cogvideo_lite.pipeline import Pipeline
-
-    image = resolve_parts(bundle)["image"]
-    other = tmp_path / "image"
-    shutil.copytree(image, other)
-    weights = read_weights(other / "model.safetensors")
-    weights = {name: tensor + 0.01 * torch.randn_like(tensor) for name, tensor in weights.items()}
-    save_file(weights, str(other / "model.safetensors"))
-    pipeline = Pipeline.load(bundle)
-    swap_image_model(pipeline, other)
-    assert all(torch.equal(pipeline.image.state_dict()[name], tensor) for name, tensor in weights.items())
-    # the bundle's own image export through --image draws the same frames as the bundle itself
-    plain = shape_probe(["--ckpt", str(bundle), "--seeds", "1", "--device", "cpu"])
-    swapped = shape_probe(["--ckpt", str(bundle), "--seeds", "1", "--device", "cpu", "--image", str(image)])
-    assert swapped["image_model"] == plain["image_model"] and "keyframe_model" not in swapped
-    spec = json.loads((other / "generator.json").read_text())
-    spec["text"]["model_sha256"] = "0" * 64
-    (other / "generator.json").write_text(json.dumps(spec))
-    with pytest.raises(CheckpointMismatch, match=r"generator.json records text .*, but .*image/generator.json has"):
-        swap_image_model(pipeline, other)
-
-
-def test_usage_ceiling_kmeans_finds_separated_clusters_and_weights_favour_sparse_points():
-    from bench.usage_ceiling import density_weights, kmeans, pixel_patches
-
-    generator = torch.Generator().manual_seed(0)
-    true_centres = torch.nn.functional.normalize(torch.eye(8)[:4] * 3 + 0.1, dim=1)     # 4 far-apart unit vectors
-    noise = 0.02 * torch.randn(200, 8, generator=generator)
-    points = torch.nn.functional.normalize(true_centres.repeat_interleave(50, 0) + noise, dim=1)
-    centres = kmeans(points, 4, 10, generator)
-    # brute force: every true centre has a fitted one within the noise, and the fit is on the unit sphere
-    assert torch.cdist(true_centres, centres).min(1).values.max() < 0.02
-    assert torch.allclose(centres.norm(dim=1), torch.ones(4), atol=1e-5)
-    # a tight clump and a loose one: the loose one's points weigh more for alpha > 0, less for alpha < 0
-    clumps = torch.cat([0.01 * torch.randn(100, 2, generator=generator), 5 + torch.randn(100, 2, generator=generator)])
-    sparse, dense = density_weights(clumps, 0.5), density_weights(clumps, -0.5)
-    assert sparse[100:].mean() > 10 * sparse[:100].mean() and dense[:100].mean() > 10 * dense[100:].mean()
-    # patches come out in the encoder grid's order: patch (row 0, col 1) of frame 0 is pixels [0:8, 8:16]
-    frames = torch.randn(2, 3, 16, 16, generator=generator)
-    assert torch.equal(pixel_patches(frames, 8)[1], frames[0, :, 0:8, 8:16].reshape(-1))
+    path = ROOT / "bench" / "runs" / f"{name}.yaml"
+    plan = yaml.safe_load(path.read_text())
+    runs = [run for group in plan["groups"] for run in group["runs"]]
+    assert all((ROOT / "configs" / f"{run['config']}.yaml").is_file() for run in runs)
+    names = [run["name"] for run in runs]
+    assert len(set(names)) == len(names)
+    assert all({entry["keyframe"], entry["interpolate"]} <= set(names) for entry in plan.get("evaluations", []))
+    gpu_runs([str(path), "--dry-run", "--out", str(tmp_path)])
+    assert capsys.readouterr().out.count("train.py --config") == len(runs)

@@ -68,6 +68,7 @@ def test_every_bad_line_is_named_with_its_reason(dataset):
         (f"{captions_file}:10", "malformed JSON"),
     ]
     assert "first listed on line 1" in problems[7].detail
+    assert problems[2].detail == "video clips/b.mp4" and problems[3].detail == "video clips/b.mp4, caption '   '"
 
 
 def test_csv_with_quoted_commas(dataset):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cogvideo_lite.checker import (STILL, check_frames, check_video, colour_patterns, fit_velocity,
+from cogvideo_lite.evaluate.checker import (STILL, check_frames, check_video, colour_patterns, fit_velocity,
                                    interpolation_errors, largest_region)
 from cogvideo_lite.data.media import write_mp4
 from cogvideo_lite.data.shapes import COLOURS, DIRECTIONS, SHAPES, SPEEDS, ClipSpec, render_clip

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cogvideo_lite import checkpoint
-from cogvideo_lite.checkpoint import COMPLETE_MARKER, PARTIAL_SUFFIX, RunDirectory, RunDirectoryError
+from cogvideo_lite.train import checkpoint
+from cogvideo_lite.train.checkpoint import COMPLETE_MARKER, PARTIAL_SUFFIX, RunDirectory, RunDirectoryError
 
 ENGINE_FILE = "mp_rank_00_model_states.pt"
 EXPORT_FILE = "model.safetensors"
@@ -98,7 +98,7 @@ PROTOCOL_STEPS = ["export", "marker", "rename", "pointer", "rotation"]
 
 def inject_crash(where: str, monkeypatch) -> tuple:
     """Arrange for the next save to stop at `where`; returns the export callback to pass to it."""
-    real_replace, real_write = os.replace, checkpoint.write_text_atomic
+    real_replace, real_write = os.replace, checkpoint.write_atomic
 
     def export_then_crash(directory: Path) -> None:
         export(directory)
@@ -119,7 +119,7 @@ def inject_crash(where: str, monkeypatch) -> tuple:
     def rotation_crash(self, keep: int) -> None:
         raise Crash("killed before the rotation")
 
-    monkeypatch.setattr(checkpoint, "write_text_atomic", write_or_crash)
+    monkeypatch.setattr(checkpoint, "write_atomic", write_or_crash)
     monkeypatch.setattr(checkpoint.os, "replace", replace_or_crash)
     if where == "rotation":
         monkeypatch.setattr(RunDirectory, "_rotate", rotation_crash)
@@ -150,7 +150,7 @@ def test_pointer_to_a_missing_or_incomplete_checkpoint_is_ignored(run, caplog):
     save(run, 4)
     pointer = run.checkpoints / "latest"
     pointer.write_text(tag(8))  # names a checkpoint that does not exist
-    with caplog.at_level(logging.WARNING, logger="cogvideo_lite.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="cogvideo_lite.train.checkpoint"):
         assert run.latest_tag() == tag(4)
     assert any(tag(8) in message and "not a complete checkpoint" in message for message in caplog.messages)
     shutil.copytree(run.checkpoints / tag(4), run.checkpoints / tag(6))

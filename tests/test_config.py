@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvideo_lite.config import ConfigError, apply_overrides, config_from_dict, load_config
+from cogvideo_lite.train.config import ConfigError, apply_overrides, config_from_dict, load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

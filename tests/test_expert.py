@@ -13,14 +13,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite.bundle import main as bundle_main
-from cogvideo_lite.generator_io import FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE
+from cogvideo_lite.bundle.make import main as bundle_main
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.generate import generate_image, generate_keyframes
-from cogvideo_lite.model.sampling import SamplingKnobs, interpolation_knobs
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import IMAGE, KEYFRAME
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import Pipeline
+from cogvideo_lite.provenance import CheckpointMismatch
+from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes
+from cogvideo_lite.sample.knobs import SamplingKnobs, interpolation_knobs
+from cogvideo_lite.sample.pipeline import Pipeline
 from tests.test_pipeline import generate
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=4, grid=(2, 3), text_vocab_size=20, codebook_size=32)
@@ -42,6 +44,9 @@ def _inputs():
     return text, text == 0, torch.tensor([5, 6, 5])
 
 
+CONDITION = Condition(*_inputs(), BOI)
+
+
 @torch.no_grad()
 def _naive_greedy_keyframes(model, expert, text, pad, fps, first, weight):
     """Greedy key frames after `first` (B, 1, h, w): every step runs both models on the whole sequence so far
@@ -54,11 +59,11 @@ def _naive_greedy_keyframes(model, expert, text, pad, fps, first, weight):
         for _ in range(LAYOUT.tokens_per_frame):
             known = torch.cat([prefix] + [torch.cat([boi, frame], 1) for frame in frames] + [boi, codes], dim=1)
             padded = torch.cat([known, known.new_zeros(known.shape[0], LAYOUT.seq_length - known.shape[1])], 1)
-            main = model(padded, pad, "keyframe")[:, known.shape[1] - 1].log_softmax(-1)
+            main = model(padded, pad, KEYFRAME)[:, known.shape[1] - 1].log_softmax(-1)
             own = torch.cat([prefix, boi, codes], dim=1)
             image_length = LAYOUT.with_frames(1).seq_length
             own_padded = torch.cat([own, own.new_zeros(own.shape[0], image_length - own.shape[1])], 1)
-            side = expert(own_padded, pad, "image")[:, own.shape[1] - 1].log_softmax(-1)
+            side = expert(own_padded, pad, IMAGE)[:, own.shape[1] - 1].log_softmax(-1)
             codes = torch.cat([codes, (main + weight * side).argmax(-1, keepdim=True) + LAYOUT.image_offset], 1)
         frames.append(codes)
     return (torch.stack(frames, 1) - LAYOUT.image_offset).reshape(text.shape[0], LAYOUT.num_frames, *LAYOUT.grid)
@@ -72,28 +77,25 @@ def test_expert_key_frames_match_a_naive_product_of_experts():
     expected = _naive_greedy_keyframes(model, expert, text, pad, fps, first, weight)
     knobs = SamplingKnobs(top_k=1, expert_weight=weight)
     for use_cache in (True, False):
-        found = generate_keyframes(model, text, pad, fps, BOI, first, LAYOUT.num_frames, knobs, 0, use_cache,
-                                   expert=expert)
+        found = generate_keyframes(model, CONDITION, first, Sampler(knobs, 0, use_cache, expert))
         assert torch.equal(found, expected)
-    alone = generate_keyframes(model, text, pad, fps, BOI, first, LAYOUT.num_frames, SamplingKnobs(top_k=1), 0)
+    alone = generate_keyframes(model, CONDITION, first, Sampler(SamplingKnobs(top_k=1)))
     assert not torch.equal(alone, expected)  # the expert changed the key frames
     assert torch.equal(_naive_greedy_keyframes(model, expert, text, pad, fps, first, 0.0), alone)
 
 
 def test_a_huge_weight_gives_the_experts_own_image_and_zero_changes_nothing():
     model, expert = _model(0), _model(1)
-    text, pad, fps = _inputs()
-    own = generate_image(expert, text, pad, fps, BOI, SamplingKnobs(top_k=1), 0)
-    ruled = generate_image(model, text, pad, fps, BOI, SamplingKnobs(top_k=1, expert_weight=1e6), 0,
-                           expert=expert)
+    own = generate_image(expert, CONDITION, Sampler(SamplingKnobs(top_k=1)))
+    ruled = generate_image(model, CONDITION, Sampler(SamplingKnobs(top_k=1, expert_weight=1e6), expert=expert))
     assert torch.equal(ruled, own) and not torch.equal(
-        generate_image(model, text, pad, fps, BOI, SamplingKnobs(top_k=1), 0), own)
+        generate_image(model, CONDITION, Sampler(SamplingKnobs(top_k=1))), own)
     knobs = SamplingKnobs(top_k=8)
-    plain = generate_keyframes(model, text, pad, fps, BOI, own, LAYOUT.num_frames, knobs, 4)
-    assert torch.equal(generate_keyframes(model, text, pad, fps, BOI, own, LAYOUT.num_frames, knobs, 4,
-                                          expert=expert), plain)  # weight 0: the expert is not consulted
+    plain = generate_keyframes(model, CONDITION, own, Sampler(knobs, 4))
+    assert torch.equal(generate_keyframes(model, CONDITION, own, Sampler(knobs, 4, expert=expert)),
+                       plain)  # weight 0: the expert is not consulted
     with pytest.raises(ValueError, match="expert_weight=0.5: no image expert was given"):
-        generate_keyframes(model, text, pad, fps, BOI, own, LAYOUT.num_frames, SamplingKnobs(expert_weight=0.5), 4)
+        generate_keyframes(model, CONDITION, own, Sampler(SamplingKnobs(expert_weight=0.5), 4))
     with pytest.raises(ValueError, match=r"expert_weight=-1: expected a number >= 0"):
         SamplingKnobs(expert_weight=-1)
 
@@ -141,7 +143,7 @@ def test_a_bundle_carries_an_expert_and_checks_its_contracts(bundle, pipeline, t
 
 
 def test_sample_and_evaluate_name_a_missing_expert(bundle, tmp_path, capsys):
-    from cogvideo_lite.evaluate import main as evaluate_main
+    from cogvideo_lite.evaluate.command import main as evaluate_main
     from tests.test_sample import PROMPT, run_sample
 
     for call in (lambda: run_sample(["--prompt", PROMPT, "--expert-weight", "0.5"], bundle, tmp_path / "out"),

@@ -14,32 +14,33 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.reliability import build_toy_inputs, stage_sets
-from cogvideo_lite.config import load_config
-from cogvideo_lite.generator_io import FULL_WEIGHTS, TEMPORAL_WEIGHTS, CheckpointMismatch
-from cogvideo_lite.layout import SequenceLayout
+from tests.toys import build_toy_inputs, stage_sets
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import stage_plan
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME, TEMPORAL_WEIGHTS
+from cogvideo_lite.provenance import CheckpointMismatch
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.prepare import PrepareConfig, prepare
-from cogvideo_lite.tasks.generator_task import GeneratorObjective, GeneratorTask
+from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
+from cogvideo_lite.train.generator_task import GeneratorObjective, GeneratorTask
 from tests.helpers import CONFIGS, train
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)
 
 
 def test_the_first_frame_loss_is_the_mean_cross_entropy_over_every_key_frame_code():
-    assert stage_plan(LAYOUT, "keyframe", learn_first_frame=True).loss_slots == (0, 1, 2, 3, 4)
-    assert stage_plan(LAYOUT, "keyframe").loss_slots == (1, 2, 3, 4)
+    assert KEYFRAME.plan(LAYOUT, learn_first_frame=True).loss_slots == (0, 1, 2, 3, 4)
+    assert KEYFRAME.plan(LAYOUT).loss_slots == (1, 2, 3, 4)
     with pytest.raises(ValueError, match="learn_first_frame applies to the keyframe stage"):
-        stage_plan(LAYOUT, "interpolate", learn_first_frame=True)
+        INTERPOLATE.plan(LAYOUT, learn_first_frame=True)
     torch.manual_seed(0)
     model = Generator(GeneratorConfig(dim=32, depth=2, heads=2), LAYOUT).double()
     text = torch.tensor([[0, 0, 11, 12], [13, 14, 15, 16]])
     codes = torch.randint(0, 16, (2, 5, 2, 2))
     tokens = LAYOUT.assemble(text, torch.tensor([5, 6]), codes, 3)
     batch = {"tokens": tokens, "text_pad": text == 0}
-    logits = model(tokens, batch["text_pad"], "keyframe")  # (B, S, 16)
+    logits = model(tokens, batch["text_pad"], KEYFRAME)  # (B, S, 16)
     by_hand = {0: [], 1: []}
     for row in range(2):
         for position in range(LAYOUT.prefix_length, LAYOUT.seq_length):
@@ -50,7 +51,7 @@ def test_the_first_frame_loss_is_the_mean_cross_entropy_over_every_key_frame_cod
             frame = (position - LAYOUT.prefix_length) // LAYOUT.slot_length
             by_hand[frame == 0].append(-log_probs[target].item())
     for learn, expected in ((True, by_hand[0] + by_hand[1]), (False, by_hand[0])):
-        loss = GeneratorObjective(model, "keyframe", LAYOUT, learn_first_frame=learn)(batch, step=0).loss
+        loss = GeneratorObjective(model, KEYFRAME, LAYOUT, learn_first_frame=learn)(batch, step=0).loss
         assert math.isclose(loss.item(), sum(expected) / len(expected), rel_tol=1e-9)
 
 
@@ -87,13 +88,13 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
     assert len(mixing) == leaning.model.config.depth
     assert all(torch.allclose(torch.sigmoid(v), torch.full_like(v, 0.25)) for v in mixing)
 
-    with pytest.raises(CheckpointMismatch, match="stage is 'keyframe', expected 'interpolate'"):
+    with pytest.raises(CheckpointMismatch, match="stage 'keyframe' where one of stage 'interpolate' was expected"):
         task_from(export, stage="interpolate")
     other = tmp_path / "other"
     shutil.copytree(export, other)
     spec = json.loads((other / "generator.json").read_text())
     (other / "generator.json").write_text(json.dumps({**spec, "image_weights_sha256": "0" * 64}))
-    with pytest.raises(CheckpointMismatch, match="was trained on image weights sha256 0{64}, but .* has sha256 "
+    with pytest.raises(CheckpointMismatch, match="records image export weights sha256 0{64}, but .* has "
                                                  "[0-9a-f]{64}"):
         task_from(other)
 
@@ -107,7 +108,7 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
         sets = stage_sets("keyframe", inputs, moved) + [f"run_dir={tmp_path / 'rebased'}", f"init_from={init_from}"]
         return GeneratorTask(load_config(CONFIGS / "keyframe_tiny.yaml", sets + list(extra)))
 
-    with pytest.raises(CheckpointMismatch, match="was trained on image weights sha256"):
+    with pytest.raises(CheckpointMismatch, match="records image export weights sha256"):
         rebased(export)
     model = rebased(export, "init_from_other_image=true").model
     loaded = model.temporal_state_dict()
@@ -118,5 +119,5 @@ def test_warm_start_loads_the_export_and_refuses_what_does_not_fit(tmp_path):
     for key, value, named in (("model", {**spec["model"], "dim": 2 * spec["model"]["dim"]}, "architecture"),
                               ("text", {**spec["text"], "model_sha256": "0" * 64}, "text model sha256")):
         (other / "generator.json").write_text(json.dumps({**spec, key: value}))
-        with pytest.raises(CheckpointMismatch, match=f"{named} is .*, expected"):
+        with pytest.raises(CheckpointMismatch, match=f"records {named} .*, but .* has"):
             rebased(other, "init_from_other_image=true")

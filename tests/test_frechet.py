@@ -9,7 +9,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from cogvideo_lite.frechet import (fid, frame_features, frechet_distance, fvd, load_feature_network, statistics,
+from cogvideo_lite.evaluate.frechet import (fid, frame_features, frechet_distance, fvd, load_feature_network, statistics,
                                    video_features)
 
 

@@ -3,16 +3,15 @@ image-stage weights stay bit-identical and never reach the optimizer; only the t
 
 import torch
 
-from bench.reliability import build_toy_inputs, stage_sets
-from cogvideo_lite import distributed
-from cogvideo_lite.config import load_config
-from cogvideo_lite.engine import build_engine
-from cogvideo_lite.generator_io import load_image_model
-from cogvideo_lite.tasks.generator_task import GeneratorTask
-from cogvideo_lite.tasks.loader import micro_batches
-from cogvideo_lite.tasks.stream import SampleStream
+from tests.toys import build_toy_inputs, stage_sets
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.train.engine import build_engine
+from cogvideo_lite.bundle.exports import load_image_model
+from cogvideo_lite.train.generator_task import GeneratorTask
+from cogvideo_lite.train.stream import SampleStream, micro_batches
 from tests.helpers import CONFIGS, train
-from train import training_step
+from train import Trainer, training_step
 
 
 def test_keyframe_training_moves_only_the_temporal_group(tmp_path):
@@ -38,7 +37,7 @@ def test_keyframe_training_moves_only_the_temporal_group(tmp_path):
     stream = SampleStream(task.num_samples(), config.train.micro_batch, 1, 1, config.train.seed)
     batches = micro_batches(task, stream, 0, 3, 0, 0)
     for step in range(3):
-        training_step(engine, optimizer, task, batches, stream, step, dist_info, torch.float32)
+        training_step(Trainer(engine, optimizer, task, stream, dist_info, torch.float32), batches, step)
 
     image_weights = dict(image_model.named_parameters())
     for name, parameter in task.model.named_parameters():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 
 BOI_ID = 3
 

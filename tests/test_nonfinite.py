@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cogvideo_lite import distributed
-from cogvideo_lite.checkpoint import RunDirectory
-from cogvideo_lite.config import config_from_dict
-from cogvideo_lite.engine import build_engine
-from cogvideo_lite.tasks.base import StepOutput
-from cogvideo_lite.tasks.stream import SampleStream
-from train import NonFiniteLossError, train_loop
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.checkpoint import RunDirectory
+from cogvideo_lite.train.config import config_from_dict
+from cogvideo_lite.train.engine import build_engine
+from cogvideo_lite.train.tasks import StepOutput
+from cogvideo_lite.train.stream import SampleStream
+from train import NonFiniteLossError, Trainer, train_loop
 
 
 class Toy(torch.nn.Module):
@@ -71,7 +71,7 @@ def run(tmp_path, bad_steps, steps=5, max_bad=3, grad_accum=1):
     stream = SampleStream(task.num_samples(), 4 // grad_accum, grad_accum, 1, 0)
     run_dir = RunDirectory(tmp_path)
     run_dir.claim(config.to_dict(), resume=False, overwrite=False)
-    train_loop(engine, optimizer, task, stream, run_dir, config, dist_info, torch.float32, 0)
+    train_loop(Trainer(engine, optimizer, task, stream, dist_info, torch.float32), run_dir, config, 0)
     return run_dir
 
 

@@ -17,18 +17,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cogvideo_lite.bundle import BUNDLE_MAP_FILE, PART_NAMES, PROVENANCE_FILE, BundleError, main as bundle_main
-from cogvideo_lite.checkpoint import sha256_file
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE, load_image_model, save_stage
+from cogvideo_lite.bundle.make import PROVENANCE_FILE, main as bundle_main
+from cogvideo_lite.bundle.parts import BUNDLE_MAP_FILE, PART_NAMES, BundleError
 from cogvideo_lite.data.shapes import all_captions
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, TEMPORAL_WEIGHTS, CheckpointMismatch, load_image_model,
-                                        save_stage)
-from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.generate import generate_image, generate_keyframes, interpolate
-from cogvideo_lite.model.sampling import SamplingKnobs
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, TEMPORAL_WEIGHTS, VIDEO_STAGES
 from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.pipeline import (Pipeline, decode_codes, derive_seed, generate_videos, interpolate_codes,
-                                    max_rounds)
+from cogvideo_lite.provenance import CheckpointMismatch, sha256_file
+from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Pipeline, Request, decode_codes, derive_seed, generate_videos, max_rounds
 from cogvideo_lite.text import DEFAULT_VOCAB_SIZE, TEXT_MODEL_FILE, TEXT_SPEC_FILE, PromptTooLong, train_text_model
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import WEIGHTS_FILE, save_tokenizer
@@ -63,21 +63,21 @@ def build_tiny_bundle(root: Path) -> Path:
                             text_vocab_size=text.vocab_size, codebook_size=TOKENIZER_CONFIG.codebook_size)
     image = Generator(GENERATOR_CONFIG, layout)
     _perturb(image.parameters(), seed=1)
-    save_stage(image.eval(), root / "image", "image", json.loads(json.dumps(contracts)))
-    for seed, stage in enumerate(("keyframe", "interpolate"), start=2):
+    save_stage(image.eval(), root / "image", IMAGE, json.loads(json.dumps(contracts)))
+    for seed, stage in enumerate(VIDEO_STAGES, start=2):
         model, _ = load_image_model(root / "image")
         model.layout = layout.with_frames(KEY_FRAMES)
         model.initialise_temporal_from_spatial()
         temporal = dict(model.named_parameters())
         _perturb([temporal[name] for name in model.temporal_parameter_names()], seed)
-        save_stage(model, root / stage, stage, json.loads(json.dumps(contracts)), image_dir=root / "image")
+        save_stage(model, root / stage.name, stage, json.loads(json.dumps(contracts)), image_dir=root / "image")
     return root
 
 
-def generate(pipeline, **overrides):
-    arguments = dict(prompts=PROMPTS, knobs=KNOBS, key_rate=1, rounds=1, seed=3, num_samples=1, batch_size=8,
-                     progress=False)
-    return generate_videos(pipeline, **{**arguments, **overrides})
+def generate(pipeline, knobs=KNOBS, interpolation_knobs=None, batch_size=8, use_cache=True, **overrides):
+    """generate_videos of a Request with these defaults and `overrides`."""
+    request = Request(**{**dict(prompts=PROMPTS, key_rate=1, rounds=1, seed=3, num_samples=1), **overrides})
+    return generate_videos(pipeline, request, knobs, interpolation_knobs, batch_size, use_cache, progress=False)
 
 
 # ------------------------------------------------------------------ hierarchy
@@ -113,19 +113,19 @@ def test_key_frames_match_the_stage_models_run_by_hand(pipeline):
     video = generate(pipeline, rounds=0, key_rate=2, batch_size=1)[1]
     text = pipeline.text
     ids, pad = text.encode_batch(PROMPTS[1:], TEXT_LENGTH)
-    fps_ids = torch.tensor([text.fps_id(2)])
-    first = generate_image(pipeline.image, ids, pad, fps_ids, text.boi_id, KNOBS, derive_seed(3, 1, 0))
-    keys = generate_keyframes(pipeline.keyframe, ids, pad, fps_ids, text.boi_id, first, KEY_FRAMES, KNOBS,
-                              derive_seed(3, 1, 1))
+    condition = Condition(ids, pad, torch.tensor([text.fps_id(2)]), text.boi_id)
+    first = generate_image(pipeline.image, condition, Sampler(KNOBS, derive_seed(3, 1, 0)))
+    keys = generate_keyframes(pipeline.keyframe, condition, first, Sampler(KNOBS, derive_seed(3, 1, 1)))
     assert torch.equal(keys[0], video.codes)
 
 
 def test_interpolation_uses_the_output_rate_token(pipeline):
     keys = generate(pipeline, prompts=PROMPTS[:1], rounds=0)[0].codes[None]  # (1, 5, h, w)
     ids, pad = pipeline.text.encode_batch(PROMPTS[:1], TEXT_LENGTH)
-    by_hand = interpolate(pipeline.interpolate, ids, pad, torch.tensor([pipeline.text.fps_id(2)]),
-                          pipeline.text.boi_id, keys, KNOBS, derive_seed(5, 0, 2))
-    assert torch.equal(interpolate_codes(pipeline, keys, PROMPTS[:1], 1, 1, KNOBS, seed=5), by_hand)
+    condition = Condition(ids, pad, torch.tensor([pipeline.text.fps_id(2)]), pipeline.text.boi_id)
+    by_hand = interpolate(pipeline.interpolate, condition, keys, Sampler(KNOBS, derive_seed(5, 0, 2)))
+    given = generate(pipeline, prompts=PROMPTS[:1], rounds=1, seed=5, init_codes=keys)[0]  # the rounds alone
+    assert torch.equal(given.codes[None], by_hand)
 
 
 # ------------------------------------------------------------------ seeds, batching, cache
@@ -170,6 +170,7 @@ def test_bad_requests_fail_before_generating(pipeline):
         (dict(key_rate=3), "rate 3 is not one of the configured rates"),
         (dict(key_rate=4, rounds=2), r"allows 0\.\.1 interpolation rounds"),
         (dict(rounds=-1), r"rounds=-1"),
+        (dict(seed=-1), r"seed=-1"),
         (dict(prompts=["a red circle", "  "]), "prompt 1 is '  '"),
         (dict(prompts=[]), "non-empty list"),
         (dict(num_samples=0), "num_samples=0"),
@@ -189,7 +190,7 @@ def test_bad_requests_fail_before_generating(pipeline):
 def test_decoding_in_chunks_equals_one_call(pipeline, monkeypatch):
     codes = torch.randint(0, TOKENIZER_CONFIG.codebook_size, (2, 3, *TOKENIZER_CONFIG.grid))
     whole = decode_codes(pipeline, codes)
-    monkeypatch.setattr("cogvideo_lite.pipeline.DECODE_CHUNK_FRAMES", 4)
+    monkeypatch.setattr("cogvideo_lite.sample.pipeline.DECODE_CHUNK_FRAMES", 4)
     assert np.array_equal(decode_codes(pipeline, codes), whole)
 
 
@@ -224,7 +225,7 @@ def test_tampered_image_export_is_refused_naming_both_checksums(bundle, tmp_path
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     recorded, found = sha256_file(bundle / "image" / FULL_WEIGHTS), sha256_file(weights)
-    with pytest.raises(CheckpointMismatch, match=f"image weights sha256 {recorded}, but .* has {found}"):
+    with pytest.raises(CheckpointMismatch, match=f"image export weights sha256 {recorded}, but .* has {found}"):
         Pipeline.load(copy)
 
 
@@ -352,7 +353,7 @@ def test_a_bundle_interrupted_while_building_leaves_nothing_behind(bundle, tmp_p
     def interrupted(path):
         raise KeyboardInterrupt  # e.g. Ctrl-C halfway through the bfloat16 conversion
 
-    monkeypatch.setattr("cogvideo_lite.bundle.store_as_bf16", interrupted)
+    monkeypatch.setattr("cogvideo_lite.bundle.make.store_as_bf16", interrupted)
     arguments = [item for name in PART_NAMES for item in (f"--{name}", str(bundle / name))]
     with pytest.raises(KeyboardInterrupt):
         bundle_main(["--out", str(tmp_path / "out"), "--bf16"] + arguments)
@@ -368,7 +369,8 @@ def test_interpolation_knobs_apply_to_the_rounds_alone(pipeline):
     keys = torch.stack([video.codes[video.key_indices] for video in mixed])  # (B, 5, h, w)
     prompts = [video.prompt for video in mixed]
     # greedy in-betweens depend on the key frames alone, not on the seed the rounds draw from
-    again = interpolate_codes(pipeline, keys, prompts, 1, 2, greedy, seed=12345)
+    again = torch.stack([video.codes for video in generate(pipeline, prompts=prompts, rounds=2, seed=12345,
+                                                           init_codes=keys, knobs=greedy)])
     assert torch.equal(again, torch.stack([video.codes for video in mixed]))
     assert not torch.equal(torch.stack([v.codes for v in plain]), torch.stack([v.codes for v in mixed]))
 
@@ -386,10 +388,9 @@ def test_a_keyframe_model_that_learnt_frame_0_makes_it_instead_of_the_image_mode
     video = generate(first_frame_pipeline, rounds=0, key_rate=2, batch_size=1)[1]
     text = pipeline.text
     ids, pad = text.encode_batch(PROMPTS[1:], TEXT_LENGTH)
-    fps_ids = torch.tensor([text.fps_id(2)])
+    condition = Condition(ids, pad, torch.tensor([text.fps_id(2)]), text.boi_id)
     none = torch.zeros(1, 0, *TOKENIZER_CONFIG.grid, dtype=torch.long)
-    keys = generate_keyframes(first_frame_pipeline.keyframe, ids, pad, fps_ids, text.boi_id, none, KEY_FRAMES, KNOBS,
-                              derive_seed(3, 1, 1))
+    keys = generate_keyframes(first_frame_pipeline.keyframe, condition, none, Sampler(KNOBS, derive_seed(3, 1, 1)))
     assert torch.equal(keys[0], video.codes)
     image_first = generate(pipeline, rounds=0, key_rate=2, batch_size=1)[1]
     assert not torch.equal(image_first.codes[0], video.codes[0])

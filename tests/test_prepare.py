@@ -12,9 +12,10 @@ import torch
 from cogvideo_lite.data.media import write_mp4
 from cogvideo_lite.data.shapes import ClipSpec, all_captions, generate
 from cogvideo_lite.data.video import read_clip
-from cogvideo_lite.prepare import PrepareConfig, main, prepare
-from cogvideo_lite.shards import ShardError, TokenShards
-from cogvideo_lite.text import TextTokenizer, sha256_of_file, train_text_model
+from cogvideo_lite.prepare.prepare import PrepareConfig, main, prepare
+from cogvideo_lite.prepare.shards import ShardError, TokenShards
+from cogvideo_lite.provenance import sha256_file
+from cogvideo_lite.text import TextTokenizer, train_text_model
 from tokenizer.config import TokenizerConfig
 from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.model import VQVAE
@@ -214,22 +215,22 @@ def test_a_stale_text_copy_is_replaced_before_the_first_part_and_refused_after(d
     shards match their own text model. Once parts exist, a copy of another model is refused naming both sha256."""
     other_text = tmp_path / "other_text"
     train_text_model(all_captions()[::3], other_text / "text.model", 1000, RATES)
-    ours, other = sha256_of_file(tokenizers[1] / "text.model"), sha256_of_file(other_text / "text.model")
+    ours, other = sha256_file(tokenizers[1] / "text.model"), sha256_file(other_text / "text.model")
     assert ours != other
     out = tmp_path / "shards"
     with pytest.raises(ValueError, match="no usable clips"):
         prepare(make_config(only_bad_dataset(dataset, tmp_path / "bad"), (tokenizers[0], other_text), out),
                 progress=False, device="cpu")
-    assert sha256_of_file(out / "text" / "text.model") == other
+    assert sha256_file(out / "text" / "text.model") == other
     prepare(make_config(dataset, tokenizers, out), max_parts=1, progress=False, device="cpu")
-    assert sha256_of_file(out / "text" / "text.model") == ours
+    assert sha256_file(out / "text" / "text.model") == ours
     assert json.loads((out / "meta.json").read_text())["text_model_sha256"] == ours
     shutil.rmtree(out / "text")
     shutil.copytree(other_text, out / "text")
     with pytest.raises(ShardError, match=rf"text holds a text model with sha256 {other}, but the 1 part\(s\) .* "
                                          rf"\(sha256 {ours}, as .*meta\.json records\)"):
         prepare(make_config(dataset, tokenizers, out), progress=False, device="cpu")
-    assert sha256_of_file(out / "text" / "text.model") == other and len(part_files(out)) == 4
+    assert sha256_file(out / "text" / "text.model") == other and len(part_files(out)) == 4
 
 
 def test_command_line_input_errors_name_the_option(dataset, tokenizers, tmp_path, capsys):

@@ -8,15 +8,16 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from bench.reliability import build_toy_inputs
-from cogvideo_lite import distributed
-from cogvideo_lite.checkpoint import RunDirectory
-from cogvideo_lite.config import config_from_dict
-from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import KEYFRAME
 from cogvideo_lite.model.transformer import Generator, stage_loss
-from cogvideo_lite.tasks.generator_task import GeneratorTask
-from cogvideo_lite.tasks.probe import change_share, gate_shares, previous_frame_attention
+from cogvideo_lite.train import distributed
+from cogvideo_lite.train.checkpoint import RunDirectory
+from cogvideo_lite.train.config import config_from_dict
+from cogvideo_lite.train.generator_task import GeneratorTask
+from cogvideo_lite.train.probe import change_share, gate_shares, previous_frame_attention
+from tests.toys import build_toy_inputs
 from train import evaluate
 
 LAYOUT = SequenceLayout(text_length=3, num_frames=3, grid=(2, 2), text_vocab_size=20, codebook_size=8)
@@ -38,7 +39,7 @@ def test_previous_frame_attention_with_blind_queries_is_one_over_the_visible_key
     text = torch.tensor([[0, 9, 10], [11, 12, 13]])  # sample 0: one pad (id 0) on the left
     pad = text == 0
     tokens = LAYOUT.assemble(text, torch.tensor([3, 4]), torch.randint(0, 8, (2, 3, 2, 2)), boi_id=2)
-    shares = previous_frame_attention(model, tokens, pad, "keyframe", [(1, 0), (2, 1)])
+    shares = previous_frame_attention(model, tokens, pad, KEYFRAME, [(1, 0), (2, 1)])
     # key-frame rule: a code j (0-based) of slot f sees the non-pad prefix, f whole slots, and its own slot's BOI and
     # codes 0..j: 1 / that many is its weight on any one of them, the same position of slot f - 1 included
     expected = []
@@ -86,7 +87,7 @@ def test_keyframe_probe_measures_and_the_heldout_loss_equals_the_loss_by_hand(to
     positions = task._sample_indices(task.shards)
     batch = task._examples(task.shards, positions, [False] * len(positions), torch.device("cpu"))
     with torch.no_grad():
-        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], "keyframe"), batch["tokens"],
+        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], KEYFRAME), batch["tokens"],
                              task.layout, task.plan.loss_slots).item()
     assert results["heldout_loss"] == pytest.approx(by_hand, rel=1e-5)
     depth = task.model.config.depth

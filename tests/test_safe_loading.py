@@ -15,16 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bench.reliability import build_toy_inputs
-from cogvideo_lite.bundle import check_contracts, resolve_parts
-from cogvideo_lite.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError, sha256_file
-from cogvideo_lite.config import load_config
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE, load_image_model, load_stage, read_spec, save_stage
+from cogvideo_lite.bundle.parts import check_contracts, resolve_parts
+from cogvideo_lite.model.stages import IMAGE
+from cogvideo_lite.prepare.prepare import PrepareConfig, prepare
+from cogvideo_lite.provenance import CheckpointMismatch, sha256_file
+from cogvideo_lite.train.checkpoint import COMPLETE_MARKER, RunDirectory, RunDirectoryError
+from cogvideo_lite.train.config import load_config
+from cogvideo_lite.train.generator_task import GeneratorTask
 from cogvideo_lite.model.config import weight_fields
-from cogvideo_lite.generator_io import (FULL_WEIGHTS, SPEC_FILE, CheckpointMismatch, load_image_model, load_stage,
-                                        read_spec, save_stage)
-from cogvideo_lite.tasks.generator_task import GeneratorTask
-from cogvideo_lite.prepare import PrepareConfig, prepare
 from tests.helpers import CONFIGS, ROOT
+from tests.toys import build_toy_inputs
 from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 
 SHORT_TEXT = 12  # text length of other shards: shorter than the default, still long enough for every caption
@@ -133,7 +134,7 @@ def test_video_stage_refuses_an_image_export_altered_by_one_byte(copy):
     weights.write_bytes(bytes(data))
     assert load_file(str(weights)).keys()
     found = sha256_file(weights)
-    with pytest.raises(CheckpointMismatch, match=f"image weights sha256 {recorded}, but {weights} has sha256 {found}"):
+    with pytest.raises(CheckpointMismatch, match=f"image export weights sha256 {recorded}, but {weights} has {found}"):
         load_stage(copy / "keyframe", image_dir=copy / "image")
 
 
@@ -156,7 +157,7 @@ def test_wrong_format_or_stage_is_refused_naming_both(copy):
     edit_spec(copy / "image", lambda spec: spec.update(format=99))
     with pytest.raises(CheckpointMismatch, match="format 99, this code reads format 1"):
         load_image_model(copy / "image")
-    with pytest.raises(CheckpointMismatch, match="a keyframe export where an image export was expected"):
+    with pytest.raises(CheckpointMismatch, match="an export of stage 'keyframe' where one of stage 'image' was expected"):
         load_image_model(copy / "keyframe")
 
 
@@ -186,7 +187,8 @@ def test_bundle_refuses_swapped_stage_directories(copy):
     (copy / "keyframe").rename(copy / "swap")
     (copy / "interpolate").rename(copy / "keyframe")
     (copy / "swap").rename(copy / "interpolate")
-    with pytest.raises(CheckpointMismatch, match="an? 'interpolate' export where the keyframe export was expected"):
+    with pytest.raises(CheckpointMismatch, match="an export of stage 'interpolate' where one of stage 'keyframe' was "
+                                                 "expected"):
         check_contracts(resolve_parts(copy))
 
 
@@ -196,7 +198,7 @@ def untrained_image_run(shards: Path, run_dir: Path) -> Path:
     config = load_config(CONFIGS / "image_tiny.yaml", [f"data.shards={shards}", "model.dim=32", "model.depth=2",
                                                          "model.heads=2", f"run_dir={run_dir}"])
     task = GeneratorTask(config)
-    save_stage(task.model, run_dir / "model", "image", task.contracts)
+    save_stage(task.model, run_dir / "model", IMAGE, task.contracts)
     return run_dir
 
 
@@ -226,7 +228,8 @@ def test_video_stage_training_extends_a_fitting_image_export(toy):
 
 
 def test_video_stage_training_refuses_an_image_export_of_another_size(toy):
-    with pytest.raises(CheckpointMismatch, match=r"architecture is \{'dim': 32.*expected \{'dim': 64"):
+    with pytest.raises(CheckpointMismatch, match=r"records architecture \{'dim': 32.*, but this run's config has "
+                                                 r"\{'dim': 64"):
         keyframe_task(toy, "model.dim=64")
 
 
@@ -244,13 +247,13 @@ def test_video_stage_sets_its_own_temporal_window_and_dropout_over_the_image_exp
 
 @pytest.mark.parametrize("what, change", [
     ("text model sha256", lambda spec: spec["text"].update(model_sha256="0" * 64)),
-    ("frame tokenizer weights", lambda spec: spec["frame_tokenizer"].update(weights_sha256="f" * 64)),
+    ("frame tokenizer weights sha256", lambda spec: spec["frame_tokenizer"].update(weights_sha256="f" * 64)),
 ])
 def test_video_stage_training_refuses_an_image_export_made_for_other_tokenizers(toy, tmp_path, what, change):
     other = shutil.copytree(toy[1], tmp_path / "other-image")
     spec = edit_spec(other / "model", change)
     recorded = spec["text"]["model_sha256"] if what.startswith("text") else spec["frame_tokenizer"]["weights_sha256"]
-    with pytest.raises(CheckpointMismatch, match=f"{what} is '{recorded}', expected '(?!{recorded})[0-9a-f]{{64}}'"):
+    with pytest.raises(CheckpointMismatch, match=f"records {what} {recorded}, but .* has (?!{recorded})[0-9a-f]{{64}}"):
         keyframe_task(toy, "model.dim=32", f"image_checkpoint={other}")
 
 
@@ -271,7 +274,8 @@ def test_a_video_stage_resume_refuses_an_image_export_changed_under_its_checkpoi
     run.claim({"stage": "keyframe"}, resume=False, overwrite=False)
     first = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
     run.pin_inputs(first, resume=False)
-    assert set(first) == {"text model sha256", "frame tokenizer weights sha256", "image export weights sha256"}
+    assert set(json.loads((run.root / "inputs.json").read_text())) == {
+        "text model sha256", "frame tokenizer weights sha256", "image export weights sha256"}
     run.pin_inputs(keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs(), resume=True)  # same
 
     weights = image / "model" / FULL_WEIGHTS  # the image stage retrained in place: other weights, same path
@@ -279,9 +283,9 @@ def test_a_video_stage_resume_refuses_an_image_export_changed_under_its_checkpoi
     name = next(iter(tensors))
     save_file({**tensors, name: tensors[name] + 1.0}, str(weights))
     changed = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
-    assert changed["image export weights sha256"] == sha256_file(weights) != first["image export weights sha256"]
+    assert changed.image_export == sha256_file(weights) != first.image_export
     run.pin_inputs(changed, resume=True)  # no checkpoint yet: nothing trained on the old weights, the new ones pinned
-    assert json.loads((run.root / "inputs.json").read_text()) == changed
+    assert json.loads((run.root / "inputs.json").read_text()) == changed.to_inputs()
 
     (run.checkpoints / "step-00000002").mkdir()  # a complete checkpoint, as RunDirectory.save leaves it
     (run.checkpoints / "step-00000002" / COMPLETE_MARKER).write_text("")
@@ -289,6 +293,5 @@ def test_a_video_stage_resume_refuses_an_image_export_changed_under_its_checkpoi
     save_file({**tensors, name: tensors[name] + 2.0}, str(weights))  # and retrained once more
     later = keyframe_task(toy, "model.dim=32", f"image_checkpoint={image}").inputs()
     with pytest.raises(RunDirectoryError, match=re.escape(
-            f"image export weights sha256: {changed['image export weights sha256']} -> "
-            f"{later['image export weights sha256']}")):
+            f"records image export weights sha256 {changed.image_export}, but the run now has {later.image_export}")):
         run.pin_inputs(later, resume=True)

@@ -15,8 +15,9 @@ from PIL import Image
 
 import sample
 from cogvideo_lite.data.media import write_mp4
-from cogvideo_lite.model.sampling import SamplingKnobs
-from cogvideo_lite.pipeline import Video, generate_videos
+from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME
+from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.pipeline import Request, Video, generate_videos
 from tests.helpers import run_script
 from tokenizer.frames import to_model_frames
 
@@ -81,7 +82,7 @@ def test_prompts_file_samples_and_knobs(bundle, tmp_path):
 def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bundle, tmp_path, capsys):
     import shutil
 
-    from cogvideo_lite.bundle import make_bundle, parse_recommendations
+    from cogvideo_lite.bundle.make import make_bundle, parse_recommendations
 
     recommended = tmp_path / "recommended"
     make_bundle(recommended, {name: bundle / name for name in ("tokenizer", "text", "image", "keyframe",
@@ -114,7 +115,7 @@ def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bu
 
 
 def test_bundle_recommend_reads_knob_values_and_names_a_bad_one():
-    from cogvideo_lite.bundle import BundleError, parse_recommendations
+    from cogvideo_lite.bundle.make import BundleError, parse_recommendations
 
     assert parse_recommendations(["top_k=20", "interp_top_k=1", "temperature=0.9", "cfg=2"]) == {
         "top_k": 20, "interp_top_k": 1, "temperature": 0.9, "cfg": 2.0}
@@ -277,11 +278,11 @@ def test_missing_or_wrong_checkpoint_directory(bundle, tmp_path, capsys):
 # ------------------------------------------------------------------ given videos
 def test_init_video_frames_are_read_at_the_key_rate_and_kept(pipeline, bundle, clip, tmp_path):
     path, frames = clip
-    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2, stage="keyframe")  # at 0 s, 0.5 s
+    codes = sample.read_video_codes(pipeline, path, num_frames=2, rate=2, stage=KEYFRAME)  # at 0 s, 0.5 s
     decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2]).asnumpy()
     assert torch.equal(codes, pipeline.tokenizer.encode(to_model_frames(decoded, 32)[None]))
-    videos = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=1, seed=0, num_samples=2,
-                             progress=False, init_codes=codes)
+    videos = generate_videos(pipeline, Request([PROMPT], key_rate=2, rounds=1, seed=0, num_samples=2, init_codes=codes),
+                             SamplingKnobs(), progress=False)
     for video in videos:
         assert torch.equal(video.codes[[0, 2]], codes[0]) and video.codes.shape[0] == 9
     entries = run_sample(["--prompt", PROMPT, "--init-video", str(path), "--init-frames", "2", "--fps", "2",
@@ -293,7 +294,7 @@ def test_given_frames_are_encoded_as_the_receiving_stage_was_trained(bundle, cli
     """A stage trained on `prepare --steady-margin m` shards records m; frames given to it are encoded with m."""
     import shutil
 
-    from cogvideo_lite.pipeline import Pipeline
+    from cogvideo_lite.sample.pipeline import Pipeline
 
     path, _ = clip
     steady = tmp_path / "bundle"
@@ -302,31 +303,31 @@ def test_given_frames_are_encoded_as_the_receiving_stage_was_trained(bundle, cli
     assert json.loads(spec_file.read_text())["steady_margin"] == 0.0  # exports record their shards' margin
     spec_file.write_text(json.dumps({**json.loads(spec_file.read_text()), "steady_margin": 0.3}))
     loaded = Pipeline.load(steady)
-    assert loaded.steady_margins == {"keyframe": 0.3, "interpolate": 0.0}
+    assert loaded.steady_margins == {KEYFRAME: 0.3, INTERPOLATE: 0.0}
     decoded = decord.VideoReader(str(path)).get_batch([0, CLIP_FPS // 2, CLIP_FPS]).asnumpy()
     frames = to_model_frames(decoded, 32)[None]
     steady_codes = loaded.tokenizer.encode(frames, steady_margin=0.3)
     plain_codes = loaded.tokenizer.encode(frames)
     assert not torch.equal(steady_codes, plain_codes)  # the margin changes these codes, so the test can tell
-    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="keyframe"), steady_codes)
-    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage="interpolate"), plain_codes)
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage=KEYFRAME), steady_codes)
+    assert torch.equal(sample.read_video_codes(loaded, path, num_frames=3, rate=2, stage=INTERPOLATE), plain_codes)
 
 
 def test_interpolate_video_doubles_a_real_clips_frame_count_per_round(pipeline, bundle, clip, tmp_path):
     path, _ = clip
-    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2, stage="interpolate")  # (1, 5, h, w)
+    keys = sample.read_video_codes(pipeline, path, num_frames=5, rate=2, stage=INTERPOLATE)  # (1, 5, h, w)
     for rounds, expected in ((0, 5), (1, 9), (2, 17)):
         entries = run_sample(["--prompt", PROMPT, "--interpolate-video", str(path), "--fps", "2", "--rounds",
                               str(rounds), "--seed", "1"], bundle, tmp_path / f"out{rounds}")
         assert entries[0]["num_frames"] == expected and entries[0]["fps"] == 2 * 2 ** rounds
         assert len(decord.VideoReader(str(tmp_path / f"out{rounds}" / entries[0]["mp4"]))) == expected
-    video = generate_videos(pipeline, [PROMPT], SamplingKnobs(), key_rate=2, rounds=2, seed=1, progress=False,
-                            init_codes=keys)[0]
+    video = generate_videos(pipeline, Request([PROMPT], key_rate=2, rounds=2, seed=1, init_codes=keys), SamplingKnobs(),
+                            progress=False)[0]
     assert torch.equal(video.codes[video.key_indices], keys[0])
 
 
 def test_one_rule_table_covers_every_knob_and_allows_its_builtin_value():
-    from cogvideo_lite.model.sampling import BUILTIN_KNOBS, KNOB_RULES, knob_problems
+    from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, knob_problems
 
     assert list(KNOB_RULES) == list(BUILTIN_KNOBS)
     assert knob_problems(BUILTIN_KNOBS) == []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from cogvideo_lite.shards import ShardError, ShardWriter, TokenShards, complete_part_directories, read_sources
+from cogvideo_lite.provenance import CheckpointMismatch, Provenance
+from cogvideo_lite.prepare.shards import ShardError, ShardWriter, TokenShards, complete_part_directories, read_sources
 
 NUM_FRAMES, GRID, TEXT_LENGTH, RATES = 3, (2, 4), 5, [1, 2, 4]
 META = {"num_frames": NUM_FRAMES, "grid": list(GRID), "text_length": TEXT_LENGTH, "rates": RATES,
@@ -102,11 +103,12 @@ def test_other_meta_is_refused_naming_the_difference(tmp_path):
 
 def test_tokenizer_mismatch_and_missing_meta_are_clear_errors(tmp_path):
     write(tmp_path / "shards", random_samples(2))
-    shards = TokenShards(tmp_path / "shards")
-    shards.require_tokenizers("a" * 64, "b" * 64)
-    with pytest.raises(ShardError, match=r"made with frame tokenizer weights a+ and text model b+, but the model "
-                                         r"uses a+ and d+"):
-        shards.require_tokenizers("a" * 64, "d" * 64)
+    made_with = Provenance.of_shards(TokenShards(tmp_path / "shards").meta)  # what training checks the text copy with
+    made_with.check(Provenance("b" * 64, "a" * 64), "meta.json", "the model")
+    with pytest.raises(CheckpointMismatch, match=r"meta.json records text model sha256 b+, but the model has d+"):
+        made_with.check(Provenance("d" * 64, "a" * 64), "meta.json", "the model")
+    with pytest.raises(CheckpointMismatch, match=r"records frame tokenizer weights sha256 a+, but the model has c+"):
+        made_with.check(Provenance("b" * 64, "c" * 64), "meta.json", "the model")
     with pytest.raises(ShardError, match=r"meta\.json is missing"):
         TokenShards(tmp_path / "nowhere")
     (tmp_path / "shards" / "meta.json").unlink()

@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from cogvideo_lite.tasks.stream import SampleStream
+from cogvideo_lite.train.stream import SampleStream
 
 
 def test_each_epoch_visits_every_sample_once():

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tokenizer.config import TokenizerConfig
 from tokenizer.evaluate import evaluate_frames, load_dataset_frames, main as evaluate_main
-from tokenizer.images import read_image
+from tokenizer.frames import read_image
 from tokenizer.io import NOT_EXPORTED, load_config, load_tokenizer, save_tokenizer
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE

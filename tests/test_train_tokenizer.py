@@ -69,9 +69,9 @@ def test_unknown_key_fails_before_any_work(tmp_path, shapes_dataset):
 
 
 def test_warm_start_loads_the_export_and_refuses_another_architecture(tmp_path, shapes_dataset):
-    from cogvideo_lite.config import load_config
-    from cogvideo_lite.generator_io import CheckpointMismatch
-    from cogvideo_lite.tasks.tokenizer_task import TokenizerTask
+    from cogvideo_lite.train.config import load_config
+    from cogvideo_lite.provenance import CheckpointMismatch
+    from cogvideo_lite.train.tokenizer_task import TokenizerTask
 
     first = tmp_path / "first"
     train(CONFIG, first, tiny_sets(shapes_dataset, 3))
@@ -89,9 +89,9 @@ def test_warm_start_loads_the_export_and_refuses_another_architecture(tmp_path, 
 
 
 def test_warm_start_with_fresh_modules_loads_the_trunk_under_a_new_codebook(tmp_path, shapes_dataset):
-    from cogvideo_lite.config import load_config
-    from cogvideo_lite.generator_io import CheckpointMismatch
-    from cogvideo_lite.tasks.tokenizer_task import TokenizerTask
+    from cogvideo_lite.train.config import load_config
+    from cogvideo_lite.provenance import CheckpointMismatch
+    from cogvideo_lite.train.tokenizer_task import TokenizerTask
 
     first = tmp_path / "first"
     train(CONFIG, first, tiny_sets(shapes_dataset, 3))

@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from cogvideo_lite.distributed import free_port
+from cogvideo_lite.train.distributed import free_port
 from tests.helpers import CONFIGS, metrics, train
 from tests.test_train_tokenizer import tiny_sets
 
@@ -39,7 +39,7 @@ def test_two_ranks_match_one_process(tmp_path, shapes_dataset):
 
 
 def test_a_single_process_leaves_no_rendezvous_folder_behind(tmp_path):
-    code = ("from cogvideo_lite import distributed; import glob, tempfile; distributed.init_distributed('cpu'); "
+    code = ("from cogvideo_lite.train import distributed; import glob, tempfile; distributed.init_distributed('cpu'); "
             "print(len(glob.glob(tempfile.gettempdir() + '/cogvideo_lite_pg_*')))")
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     env.pop("MASTER_PORT", None)

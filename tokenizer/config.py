@@ -62,21 +62,13 @@ class TokenizerConfig:
 
     # ---------------------------------------------------------------- validation
     def _type_problems(self) -> list[str]:
-        problems = []
-        for name in _INTEGER_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                problems.append(f"{name}={value!r}: expected an integer")
-        for name in _FLOAT_FIELDS:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                problems.append(f"{name}={value!r}: expected a number")
-        if not isinstance(self.channel_mult, tuple) or not all(
-                isinstance(m, int) and not isinstance(m, bool) for m in self.channel_mult):
-            problems.append(f"channel_mult={self.channel_mult!r}: expected a tuple of integers")
-        if not isinstance(self.perceptual, str):
-            problems.append(f"perceptual={self.perceptual!r}: expected one of {PERCEPTUAL_CHOICES}")
-        return problems
+        integer = lambda value: isinstance(value, int) and not isinstance(value, bool)  # noqa: E731
+        expected = {**{name: (integer, "an integer") for name in _INTEGER_FIELDS},
+                    **{name: (lambda v: integer(v) or isinstance(v, float), "a number") for name in _FLOAT_FIELDS},
+                    "channel_mult": (lambda v: isinstance(v, tuple) and all(map(integer, v)), "a tuple of integers"),
+                    "perceptual": (lambda v: isinstance(v, str), f"one of {PERCEPTUAL_CHOICES}")}
+        return [f"{name}={getattr(self, name)!r}: expected {what}" for name, (accepts, what) in expected.items()
+                if not accepts(getattr(self, name))]
 
     def _value_problems(self) -> list[str]:
         problems = []

@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokenizer.frames import to_model_frames
-from tokenizer.images import read_image
+from tokenizer.frames import read_image, to_model_frames
 from tokenizer.io import load_tokenizer
 from tokenizer.metrics import codebook_usage, perplexity, psnr_per_frame, ssim_per_frame
 from tokenizer.model import VQVAE

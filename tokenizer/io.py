@@ -1,9 +1,9 @@
 """Saving and loading a trained tokenizer as a self-describing directory.
 
 What it is: `save_tokenizer(model, directory)` writes `config.json` (the resolved TokenizerConfig) and
-`model.safetensors` (weights and the quantizer's EMA state; not its rolling usage window, a training measurement
-that training checkpoints keep), each written under a temporary name and renamed into place; `load_tokenizer(directory)` rebuilds the VQVAE
-from `config.json` alone and loads the weights with `strict=True`.
+`model.safetensors` (weights and the quantizer's EMA state; not its rolling usage window, a training measurement that
+training checkpoints keep), each written under a temporary name and renamed into place; `load_tokenizer(directory)`
+rebuilds the VQVAE from `config.json` alone and loads the weights with `strict=True`.
 What it does not know: training state (optimizer, step, discriminator): the training loop's checkpoints hold those.
 Where the idea comes from: nanochat's checkpoints (config JSON + strict load); safetensors so that nothing loads a
 pickle it did not write.

@@ -68,13 +68,26 @@ def _level_widths(config: TokenizerConfig) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- encoder / decoder
-class Encoder(nn.Module):
+class Trunk(nn.Module):
+    """conv_in -> residual blocks (and resampling) -> GroupNorm -> SiLU -> conv_out: the shape of both halves."""
+
+    def __init__(self, conv_in: nn.Conv2d, layers: list[nn.Module], width: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv_in = conv_in
+        self.blocks = nn.Sequential(*layers)
+        self.norm_out = nn.GroupNorm(NORM_GROUPS, width)
+        self.conv_out = nn.Conv2d(width, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.silu(self.norm_out(self.blocks(self.conv_in(x)))))
+
+
+class Encoder(Trunk):
     """(N, 3, H, W) -> features (N, C, h, w), C = channels * channel_mult[-1]."""
 
     def __init__(self, config: TokenizerConfig) -> None:
-        super().__init__()
         widths = _level_widths(config)
-        self.conv_in = nn.Conv2d(3, widths[0], kernel_size=3, padding=1)
+        conv_in = nn.Conv2d(3, widths[0], kernel_size=3, padding=1)
         layers: list[nn.Module] = []
         previous = widths[0]
         for level, width in enumerate(widths):
@@ -84,23 +97,16 @@ class Encoder(nn.Module):
             if level < len(widths) - 1:
                 layers.append(Downsample(width))
         layers += [ResidualBlock(previous, previous), ResidualBlock(previous, previous)]   # middle
-        self.blocks = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(NORM_GROUPS, previous)
-        self.conv_out = nn.Conv2d(previous, previous, kernel_size=3, padding=1)
+        super().__init__(conv_in, layers, previous, previous)
         self.out_channels = previous
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.conv_in(frames))
-        return self.conv_out(F.silu(self.norm_out(h)))
 
-
-class Decoder(nn.Module):
+class Decoder(Trunk):
     """unit code vectors (N, code_dim, h, w) -> frames (N, 3, H, W)."""
 
     def __init__(self, config: TokenizerConfig) -> None:
-        super().__init__()
         widths = _level_widths(config)
-        self.conv_in = nn.Conv2d(config.code_dim, widths[-1], kernel_size=3, padding=1)
+        conv_in = nn.Conv2d(config.code_dim, widths[-1], kernel_size=3, padding=1)
         previous = widths[-1]
         layers: list[nn.Module] = [ResidualBlock(previous, previous), ResidualBlock(previous, previous)]  # middle
         for level in reversed(range(len(widths))):
@@ -109,13 +115,7 @@ class Decoder(nn.Module):
                 previous = widths[level]
             if level > 0:
                 layers.append(Upsample(previous))
-        self.blocks = nn.Sequential(*layers)
-        self.norm_out = nn.GroupNorm(NORM_GROUPS, previous)
-        self.conv_out = nn.Conv2d(previous, 3, kernel_size=3, padding=1)
-
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.conv_in(vectors))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        super().__init__(conv_in, layers, previous, 3)
 
 
 # ---------------------------------------------------------------------------- VQVAE

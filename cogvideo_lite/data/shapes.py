@@ -125,19 +125,33 @@ class ClipTruth:
     centres: list[list[float]]
 
 
+@dataclass(frozen=True)
+class CaptionWords:
+    colour: str
+    shape: str
+    direction: str
+    speed: str
+
+
 def caption_for(colour: str, shape: str, direction: str, speed: str) -> str:
     return f"a {colour} {shape} moves {direction} {speed}"
 
 
+def parse_caption(caption: str) -> CaptionWords:
+    """'a red circle moves left slowly' -> its four words; ValueError for a caption outside the grammar."""
+    words = caption.split()
+    if (len(words) != 6 or words[0] != "a" or words[3] != "moves" or words[1] not in COLOURS
+            or words[2] not in SHAPES or words[4] not in DIRECTIONS or words[5] not in SPEEDS):
+        raise ValueError(f"caption {caption!r} is outside the shapes grammar: expected 'a COLOUR SHAPE moves "
+                         f"DIRECTION SPEED' with COLOUR in {list(COLOURS)}, SHAPE in {list(SHAPES)}, DIRECTION in "
+                         f"{list(DIRECTIONS)}, SPEED in {list(SPEEDS)}")
+    return CaptionWords(*words[1:3], *words[4:])
+
+
 def all_captions() -> list[str]:
     """The 168 captions of the grammar, in a fixed order."""
-    return [
-        caption_for(colour, shape, direction, speed)
-        for colour in COLOURS
-        for shape in SHAPES
-        for direction in DIRECTIONS
-        for speed in SPEEDS
-    ]
+    return [caption_for(colour, shape, direction, speed)
+            for colour in COLOURS for shape in SHAPES for direction in DIRECTIONS for speed in SPEEDS]
 
 
 def _background(spec: ClipSpec, rng: np.random.Generator) -> np.ndarray:
@@ -180,9 +194,8 @@ def _centres(spec: ClipSpec, direction: str, speed: str, rng: np.random.Generato
     return start + times[:, None] * spec.speed(speed) * step
 
 
-def render_clip(
-    colour: str, shape: str, direction: str, speed: str, rng: np.random.Generator, spec: ClipSpec = ClipSpec()
-) -> tuple[np.ndarray, ClipTruth]:
+def render_clip(colour: str, shape: str, direction: str, speed: str, rng: np.random.Generator,
+                spec: ClipSpec = ClipSpec()) -> tuple[np.ndarray, ClipTruth]:
     """Draw one clip: frames (T, H, W, 3) uint8 and its ground truth. The object is anti-aliased over one pixel
     at its edge; its interior is exactly COLOURS[colour]."""
     for word, choices in ((colour, COLOURS), (shape, SHAPES), (direction, DIRECTIONS), (speed, SPEEDS)):
@@ -196,20 +209,9 @@ def render_clip(
     coverage = np.clip(0.5 - _signed_distance(shape, dx, dy, spec.radius), 0.0, 1.0)[..., None]  # (T, H, W, 1)
     colour_values = np.array(COLOURS[colour], dtype=np.float32)
     frames = background.astype(np.float32)[None] * (1 - coverage) + colour_values * coverage  # (T, H, W, 3)
-    truth = ClipTruth(
-        caption=caption_for(colour, shape, direction, speed),
-        colour=colour,
-        shape=shape,
-        direction=direction,
-        speed=speed,
-        fps=spec.fps,
-        size=spec.size,
-        seconds=spec.seconds,
-        num_frames=spec.num_frames,
-        radius=spec.radius,
-        speed_pixels_per_second=spec.speed(speed),
-        centres=np.round(centres, 4).tolist(),
-    )
+    truth = ClipTruth(caption_for(colour, shape, direction, speed), colour, shape, direction, speed, spec.fps,
+                      spec.size, spec.seconds, spec.num_frames, spec.radius, spec.speed(speed),
+                      np.round(centres, 4).tolist())
     return np.round(frames).astype(np.uint8), truth
 
 
@@ -240,9 +242,8 @@ def _write_clip(out: Path, seed: int, spec: ClipSpec, index: int) -> str:
     return json.dumps({"video": f"{name}.mp4", "caption": truth.caption})
 
 
-def generate(
-    out: str | Path, clips: int, seed: int, spec: ClipSpec = ClipSpec(), workers: int = 1, progress: bool = True
-) -> Path:
+def generate(out: str | Path, clips: int, seed: int, spec: ClipSpec = ClipSpec(), workers: int = 1,
+             progress: bool = True) -> Path:
     """Write `clips` clips, their ground-truth JSON and captions.jsonl into `out`, using `workers` processes.
     Returns the captions path. The files do not depend on the number of workers."""
     if clips < 1 or workers < 1:

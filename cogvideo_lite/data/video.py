@@ -139,13 +139,8 @@ def probe(path: str | Path) -> VideoInfo:
     duration = _duration(reader)
     if duration <= 0:
         raise BadVideo(path, "no frames", f"duration {duration:.3f} s")
-    return VideoInfo(
-        duration=duration,
-        fps=float(reader.get_avg_fps()),
-        num_frames=len(reader),
-        height=int(last.shape[0]),
-        width=int(last.shape[1]),
-    )
+    return VideoInfo(duration=duration, fps=float(reader.get_avg_fps()), num_frames=len(reader),
+                     height=int(last.shape[0]), width=int(last.shape[1]))
 
 
 def _indices_at(reader: decord.VideoReader, times: np.ndarray, path: str | Path) -> np.ndarray:
@@ -155,9 +150,7 @@ def _indices_at(reader: decord.VideoReader, times: np.ndarray, path: str | Path)
     if times.ndim != 1 or len(times) == 0:
         raise ValueError(f"{path}: times must be a non-empty 1-D array, got shape {times.shape}")
     if times.min() < 0 or times.max() >= duration:
-        raise ValueError(
-            f"{path}: times must lie in [0, {duration:.4f}) s, got {times.min():.4f}..{times.max():.4f} s"
-        )
+        raise ValueError(f"{path}: times must lie in [0, {duration:.4f}) s, got {times.min():.4f}..{times.max():.4f} s")
     return np.searchsorted(starts, times + TIME_TOLERANCE, side="right") - 1
 
 
@@ -193,9 +186,8 @@ def is_feasible(duration: float, num_frames: int, rate: int) -> bool:
     return clip_span(num_frames, rate) + TIME_TOLERANCE < duration
 
 
-def choose_rate(
-    duration: float, num_frames: int, rates: list[int], rule: str, rng: np.random.Generator | None = None
-) -> int | None:
+def choose_rate(duration: float, num_frames: int, rates: list[int], rule: str,
+                rng: np.random.Generator | None = None) -> int | None:
     """Pick a frame rate for a clip of `num_frames` from a video of `duration` seconds, or None if no rate fits.
     rule "lowest": the lowest feasible rate (CogVideo's rule; the longest span of time); "random": uniform among
     the feasible rates, drawn from `rng`."""
@@ -219,25 +211,16 @@ def choose_start(duration: float, num_frames: int, rate: int, rng: np.random.Gen
     return 0.0 if rng is None else float(rng.uniform(0.0, latest))
 
 
-def read_clip(
-    path: str | Path,
-    num_frames: int,
-    rate: int,
-    size: int,
-    start: float | None = None,
-    rng: np.random.Generator | None = None,
-) -> torch.Tensor:
+def read_clip(path: str | Path, num_frames: int, rate: int, size: int, start: float | None = None,
+              rng: np.random.Generator | None = None) -> torch.Tensor:
     """Read `num_frames` frames at `rate` fps from `start` seconds (drawn from `rng` when None and rng given,
     else 0), resized and centre-cropped to size x size. Returns (T, 3, size, size) float32 in [-1, 1].
     Raises BadVideo "too short" when the clip does not fit."""
     reader = open_reader(path)
     duration = _duration(reader)
     if not is_feasible(duration, num_frames, rate):
-        raise BadVideo(
-            path,
-            "too short",
-            f"{num_frames} frames at {rate} fps span {clip_span(num_frames, rate):.3f} s, video lasts {duration:.3f} s",
-        )
+        raise BadVideo(path, "too short", f"{num_frames} frames at {rate} fps span {clip_span(num_frames, rate):.3f} s, "
+                       f"video lasts {duration:.3f} s")
     if start is None:
         start = choose_start(duration, num_frames, rate, rng)
     times = start + np.arange(num_frames) / rate

@@ -5,7 +5,7 @@ positions filled. A chunk of tokens at positions `length .. length + C - 1` writ
 attends over everything filled so far through the rows of the same full stage masks the uncached forward
 uses, so cached and uncached decoding are the same math.
 
-Knows nothing of masks or stages beyond remembering which stage and sequence it was made for.
+Knows nothing of masks beyond remembering the stage (and so the channels) it was made for.
 The explicit-object design follows karpathy/nanochat's KVCache.
 """
 
@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import torch
 
+from cogvideo_lite.model.stages import Stage
+
 
 class KVCache:
-    def __init__(self, batch_size: int, heads: int, head_dim: int, depth: int, max_length: int,
-                 channels: tuple[str, ...], stage: str, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (depth, batch_size, heads, max_length, head_dim)
-        self.keys = {channel: torch.zeros(shape, dtype=dtype, device=device) for channel in channels}
-        self.values = {channel: torch.zeros(shape, dtype=dtype, device=device) for channel in channels}
-        self.max_length = max_length
+    def __init__(self, stage: Stage, shape: tuple[int, int, int, int, int], like: torch.Tensor) -> None:
+        """shape (depth, B, heads, S_max, head_dim) per channel of `stage`, in the dtype and on the device of
+        `like`."""
+        self.keys = {channel: like.new_zeros(shape) for channel in stage.channels}
+        self.values = {channel: like.new_zeros(shape) for channel in stage.channels}
         self.stage = stage
+        self.max_length = shape[3]
         self.length = 0  # positions filled in every layer
 
     def store(self, layer: int, channel: str, keys: torch.Tensor,
@@ -31,8 +33,6 @@ class KVCache:
         Returns keys and values of positions 0 .. length + C - 1, each (B, heads, length + C, head_dim).
         """
         stop = self.length + keys.shape[2]
-        if stop > self.max_length:
-            raise ValueError(f"KV cache overflow: {stop} positions for a cache of {self.max_length}")
         self.keys[channel][layer, :, :, self.length:stop] = keys
         self.values[channel][layer, :, :, self.length:stop] = values
         return self.keys[channel][layer, :, :, :stop], self.values[channel][layer, :, :, :stop]

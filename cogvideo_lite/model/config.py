@@ -1,13 +1,15 @@
 """Configuration of the dual-channel generator transformer and its registered sizes.
 
 Knows the network's width, depth and options; does not know the sequence geometry (that is
-`cogvideo_lite.layout.SequenceLayout`) nor how configs are read from YAML (`cogvideo_lite.config`).
-Sizes follow DESIGN.md section 8: `tiny` for CPU tests and the demo, `small` for one GPU, `base` for several.
+`cogvideo_lite.model.layout.SequenceLayout`) nor how configs are read from YAML (`cogvideo_lite.train.config`).
+Sizes: `tiny` for CPU tests and the demo, `small` for one GPU, `base` for several.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from cogvideo_lite.model.layout import count_problems
 
 
 @dataclass(frozen=True)
@@ -30,11 +32,7 @@ class GeneratorConfig:
     max_frames: int = 33  # CogVideo's longest hierarchy: 5 key frames -> 9 -> 17 -> 33
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in ("dim", "depth", "heads", "max_frames"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                problems.append(f"{name}={value!r}: expected an integer >= 1")
+        problems = count_problems(self, ("dim", "depth", "heads", "max_frames"))
         if not problems and self.dim % self.heads:
             problems.append(f"dim={self.dim} is not divisible by heads={self.heads}")
         if not isinstance(self.mlp_ratio, (int, float)) or self.mlp_ratio <= 0:

@@ -11,8 +11,8 @@ Prefix (text + fps token): bidirectional over the non-pad prefix and blind to wh
 see the non-pad prefix in both channels. Pad keys are never attended; a pad query attends to itself only.
 Temporal-channel rows of prefix positions repeat the spatial rows: the prefix uses the spatial channel only.
 
-Knows the layout and the stage rules (which slots are given, which the stage learns); does not know the
-network. The rules are CogVideo's (Hong et al. 2023, section 3.2, figure 3), with a BOI token per slot.
+Knows the layout and the stages' frame plans (`stages.py`: which slots are given, which the stage learns); does not
+know the network. The rules are CogVideo's (Hong et al. 2023, section 3.2, figure 3), with a BOI token per slot.
 """
 
 from __future__ import annotations
@@ -22,26 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cogvideo_lite.layout import SequenceLayout
-
-STAGES = ("image", "keyframe", "interpolate")
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import Stage, StagePlan
 
 _NONE, _FULL, _CAUSAL = 0, 1, 2  # slot-to-slot visibility codes
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    """What a stage does with the slots of a layout.
-
-    frame_positions: true frame index held by each slot (indexes the frame-index embedding).
-    given_slots: slots given as bidirectional context (interpolation); all other slots are causal.
-    loss_slots: slots whose codes the stage learns to generate.
-    """
-
-    stage: str
-    frame_positions: tuple[int, ...]
-    given_slots: tuple[int, ...]
-    loss_slots: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -50,38 +34,6 @@ class StageMasks:
 
     spatial: torch.Tensor
     temporal: torch.Tensor | None
-
-
-def check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-
-
-def interpolation_positions(num_frames: int) -> tuple[int, ...]:
-    """True frames per slot of the interpolation stage: even (given) frames, then odd (generated) ones."""
-    return tuple(range(0, num_frames, 2)) + tuple(range(1, num_frames, 2))
-
-
-@functools.lru_cache(maxsize=None)
-def stage_plan(layout: SequenceLayout, stage: str, learn_first_frame: bool = False) -> StagePlan:
-    """learn_first_frame (keyframe only): the loss covers slot 0 too; the masks are the same either way."""
-    check_stage(stage)
-    if learn_first_frame and stage != "keyframe":
-        raise ValueError(f"learn_first_frame applies to the keyframe stage, not {stage!r}")
-    frames = layout.num_frames
-    if stage == "image":
-        if frames != 1:
-            raise ValueError(f"the image stage uses a layout of 1 frame slot, got {frames}")
-        return StagePlan(stage, (0,), (), (0,))
-    if stage == "keyframe":
-        if frames < 2:
-            raise ValueError(f"the keyframe stage needs at least 2 frame slots, got {frames}")
-        return StagePlan(stage, tuple(range(frames)), (), tuple(range(0 if learn_first_frame else 1, frames)))
-    if frames < 3 or frames % 2 == 0:
-        raise ValueError(f"the interpolate stage needs an odd number >= 3 of frame slots, got {frames}")
-    num_given = (frames + 1) // 2
-    return StagePlan(stage, interpolation_positions(frames), tuple(range(num_given)),
-                     tuple(range(num_given, frames)))
 
 
 def slot_visibility(plan: StagePlan, channel: str) -> torch.Tensor:
@@ -142,12 +94,12 @@ def _full_mask(layout: SequenceLayout, frame_block: torch.Tensor) -> torch.Tenso
 
 
 @functools.lru_cache(maxsize=None)
-def stage_masks(layout: SequenceLayout, stage: str,
+def stage_masks(layout: SequenceLayout, stage: Stage,
                 temporal_window: tuple[int, int, int] | None = None) -> StageMasks:
     """The (S, S) masks of a stage, before text padding. Cached: callers must not modify them."""
-    plan = stage_plan(layout, stage)
+    plan = stage.plan(layout)
     spatial = _full_mask(layout, _frame_block(layout, slot_visibility(plan, "spatial")))
-    if stage == "image":
+    if not stage.is_video:
         return StageMasks(spatial, None)
     frame_block = _frame_block(layout, slot_visibility(plan, "temporal"))
     if temporal_window is not None:

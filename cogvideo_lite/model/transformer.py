@@ -10,7 +10,7 @@ Parameter groups: temporal = temporal QKV and projection, mixing vectors, frame-
 everything else. The image stage trains the spatial group; the video stages freeze it and train the
 temporal group alone, whose state dict is all a video-stage checkpoint needs beside the image checkpoint.
 
-Knows the layout and the stage masks; does not know text tokenization, the frame tokenizer, training or
+Knows the layout, the stage registry and the masks; does not know text tokenization, the frame tokenizer, training or
 sampling. Layout ideas: nanoGPT (model shape), DiT (section banners), CogVideo (dual channel, code-only head).
 """
 
@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cogvideo_lite.layout import SequenceLayout
+from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.attention import DualChannelAttention
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import StageMasks, StagePlan, stage_masks, stage_plan, with_text_padding
+from cogvideo_lite.model.masks import StageMasks, stage_masks, with_text_padding
+from cogvideo_lite.model.stages import Stage, StagePlan
 
 INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation of linear and embedding weights
 
@@ -90,7 +91,7 @@ class Generator(nn.Module):
         self.head = nn.Linear(dim, layout.codebook_size)
         self.apply(self._init_module)
         self.initialise_temporal_from_spatial()
-        self._masks: dict[tuple, StageMasks] = {}
+        self._stage_cache: dict[tuple, tuple[StageMasks, torch.Tensor]] = {}
 
     @staticmethod
     def _init_module(module: nn.Module) -> None:
@@ -115,24 +116,23 @@ class Generator(nn.Module):
                 block.attention.mixing.fill_(math.log(share / (1 - share)))  # the logit: sigmoid(mixing) = share
 
     # ---------------------------------------------------------------- forward
-    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: str,
-                frame_positions: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: Stage,
+                cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, C, codebook_size) of the codes each position predicts.
 
         tokens (B, C) int64 joint-vocabulary ids: the whole sequence (C = S of some frame count), or with
         `cache`, the next chunk after `cache.length` filled positions. text_pad (B, L) bool, True at pads.
-        frame_positions (T,) int64, the true frame index per slot; default: the stage's own (see masks.py).
         """
-        layout = self.layout.with_frames(self.layout.frames_for_length(
-            tokens.shape[1] if cache is None else cache.max_length))
         start = 0 if cache is None else cache.length
         stop = start + tokens.shape[1]
-        self._check_inputs(tokens, text_pad, stage, cache)
+        layout = self.layout.with_frames(self.layout.frames_for_length(stop if cache is None else cache.max_length))
+        assert tokens.dtype == torch.long and text_pad.shape == (tokens.shape[0], layout.text_length), \
+            f"tokens (B, C) int64 and text_pad (B, {layout.text_length}) bool, got {tokens.dtype} {text_pad.shape}"
         if cache is not None:
-            self._check_chunk_end(layout, stage, start, stop)
+            self._assert_chunk_fits(cache, layout, stage, start, stop)
+        masks, frame_positions = self._stage_tensors(layout, stage, tokens.device)
         positions = self._position_embedding(layout, stage, frame_positions)[start:stop]  # (C, D)
         x = self.token_embedding(tokens) + positions  # (B, C, D)
-        masks = self._stage_masks(layout, stage, tokens.device)
         spatial_mask = with_text_padding(masks.spatial[start:stop, :stop], text_pad, start)  # (B, 1, C, K)
         temporal_mask = None if masks.temporal is None else with_text_padding(
             masks.temporal[start:stop, :stop], text_pad, start)
@@ -145,70 +145,46 @@ class Generator(nn.Module):
             cache.advance(tokens.shape[1])
         return self.head(self.final_norm(x))  # (B, C, codebook_size)
 
-    def new_cache(self, batch_size: int, num_frames: int, stage: str) -> KVCache:
+    def new_cache(self, batch_size: int, num_frames: int, stage: Stage) -> KVCache:
         """An empty cache for sequences of `num_frames` slots in `stage` (image: spatial channel only)."""
-        stage_plan(self.layout.with_frames(num_frames), stage)  # validates the frame count for the stage
-        parameter = self.head.weight
-        return KVCache(batch_size, self.config.heads, self.config.head_dim, self.config.depth,
-                       self.layout.with_frames(num_frames).seq_length,
-                       ("spatial",) if stage == "image" else ("spatial", "temporal"),
-                       stage, parameter.dtype, parameter.device)
+        layout = self.layout.with_frames(num_frames)
+        stage.plan(layout)  # validates the frame count for the stage
+        shape = (self.config.depth, batch_size, self.config.heads, layout.seq_length, self.config.head_dim)
+        return KVCache(stage, shape, self.head.weight)
 
-    def _check_inputs(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: str,
-                      cache: KVCache | None) -> None:
-        problems = []
-        if tokens.dim() != 2 or tokens.dtype != torch.long:
-            problems.append(f"tokens must be (B, C) int64, got {tuple(tokens.shape)} {tokens.dtype}")
-        elif tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.layout.vocab_size):
-            problems.append(f"token ids outside the joint vocabulary [0, {self.layout.vocab_size})")
-        if tuple(text_pad.shape) != (tokens.shape[0], self.layout.text_length) or text_pad.dtype != torch.bool:
-            problems.append(f"text_pad must be ({tokens.shape[0]}, {self.layout.text_length}) bool, "
-                            f"got {tuple(text_pad.shape)} {text_pad.dtype}")
-        if cache is not None and cache.stage != stage:
-            problems.append(f"cache was made for stage {cache.stage!r}, forward called for {stage!r}")
-        if cache is not None and cache.length + tokens.shape[1] > cache.max_length:
-            problems.append(f"chunk of {tokens.shape[1]} after {cache.length} cached positions exceeds "
-                            f"the sequence length {cache.max_length}")
-        if problems:
-            raise ValueError("Generator.forward: " + "; ".join(problems))
+    def _assert_chunk_fits(self, cache: KVCache, layout: SequenceLayout, stage: Stage, start: int, stop: int) -> None:
+        """A cached chunk belongs to the cache's stage, fits in it, and does not end inside a bidirectional region
+        (the prefix, a given slot): its positions would miss keys that come later, and the cache cannot revisit
+        them. Python and CPU checks only: no device sync."""
+        assert cache.stage is stage, f"cache was made for stage {cache.stage.name!r}, forward called for {stage.name!r}"
+        assert stop <= cache.max_length, (f"chunk of {stop - start} after {start} cached positions exceeds the "
+                                          f"sequence length {cache.max_length}")
+        masks = stage_masks(layout, stage, self.config.temporal_window)  # the CPU copies
+        assert not any(mask is not None and mask[start:stop, stop:].any() for mask in (masks.spatial, masks.temporal)), (
+            f"cached chunk ends at position {stop}, inside a bidirectional region (the prefix or a given frame); "
+            "feed that region in one chunk")
 
-    def _check_chunk_end(self, layout: SequenceLayout, stage: str, start: int, stop: int) -> None:
-        """A cached chunk must not end inside a bidirectional region (the prefix, a given slot): its
-        positions would miss keys that come later, and the cache cannot revisit them."""
-        masks = stage_masks(layout, stage, self.config.temporal_window)  # CPU copies: no device sync
-        for mask in (masks.spatial, masks.temporal):
-            if mask is not None and mask[start:stop, stop:].any():
-                raise ValueError(f"cached chunk ends at position {stop}, inside a bidirectional region "
-                                 "(the prefix or a given frame); feed that region in one chunk")
-
-    def _stage_masks(self, layout: SequenceLayout, stage: str, device: torch.device) -> StageMasks:
+    def _stage_tensors(self, layout: SequenceLayout, stage: Stage,
+                       device: torch.device) -> tuple[StageMasks, torch.Tensor]:
+        """The stage's masks and its slots' true frame indices (T,) int64 on `device`, made once per layout."""
         key = (layout, stage, device)
-        if key not in self._masks:
+        if key not in self._stage_cache:
             masks = stage_masks(layout, stage, self.config.temporal_window)
-            self._masks[key] = StageMasks(masks.spatial.to(device),
-                                          None if masks.temporal is None else masks.temporal.to(device))
-        return self._masks[key]
+            self._stage_cache[key] = (
+                StageMasks(masks.spatial.to(device), None if masks.temporal is None else masks.temporal.to(device)),
+                torch.tensor(stage.plan(layout).frame_positions, device=device))
+        return self._stage_cache[key]
 
-    def _position_embedding(self, layout: SequenceLayout, stage: str,
-                            frame_positions: torch.Tensor | None) -> torch.Tensor:
-        """(S, D): prefix positions; per slot BOI / (row, column) embeddings plus, outside the image stage,
-        the frame-index embedding of the slot's true frame."""
+    def _position_embedding(self, layout: SequenceLayout, stage: Stage, frame_positions: torch.Tensor) -> torch.Tensor:
+        """(S, D): prefix positions; per slot BOI / (row, column) embeddings plus, in a video stage, the
+        frame-index embedding of the slot's true frame (`frame_positions` (T,))."""
         height, width = layout.grid
         codes = (self.row_embedding[:, None] + self.column_embedding[None, :]).reshape(height * width, -1)
         slot = torch.cat([self.boi_embedding[None], codes])  # (1 + h*w, D)
         frames = slot[None].expand(layout.num_frames, -1, -1)  # (T, 1 + h*w, D)
-        if stage != "image":
-            if frame_positions is None:
-                frame_positions = torch.tensor(stage_plan(layout, stage).frame_positions)
-            self._check_frame_positions(frame_positions, layout)
-            frames = frames + self.frame_embedding[frame_positions.to(self.frame_embedding.device)][:, None]
+        if stage.is_video:
+            frames = frames + self.frame_embedding[frame_positions][:, None]
         return torch.cat([self.prefix_position, frames.reshape(-1, frames.shape[-1])])  # (S, D)
-
-    def _check_frame_positions(self, frame_positions: torch.Tensor, layout: SequenceLayout) -> None:
-        if (tuple(frame_positions.shape) != (layout.num_frames,) or frame_positions.min() < 0
-                or frame_positions.max() >= self.config.max_frames):
-            raise ValueError(f"frame_positions {frame_positions.tolist()}: expected {layout.num_frames} "
-                             f"true frame indices in [0, {self.config.max_frames})")
 
     # ---------------------------------------------------------------- parameter groups
     def temporal_parameter_names(self) -> list[str]:
@@ -245,8 +221,8 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
     """Mean cross-entropy over the codes of `loss_slots`, or its `weights`-weighted mean.
 
     logits (B, S, codebook_size) from `Generator.forward`; tokens (B, S) the same sequence; layout with the
-    sequence's frame count; loss_slots e.g. `stage_plan(layout, stage).loss_slots`; weights (B, N) >= 0, one per
-    code of the loss slots in slot order (N = len(loss_slots) * tokens per frame), e.g. `change_weights`.
+    sequence's frame count; loss_slots e.g. `stage.plan(layout).loss_slots`; weights (B, N) >= 0, one per code of
+    the loss slots in slot order (N = len(loss_slots) * tokens per frame), e.g. `change_weights`.
     """
     if not loss_slots:
         raise ValueError("stage_loss needs at least one loss slot")

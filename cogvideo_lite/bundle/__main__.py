@@ -1,0 +1,3 @@
+from cogvideo_lite.bundle.make import main
+
+main()

@@ -1,0 +1,3 @@
+from cogvideo_lite.evaluate.command import main
+
+main()

@@ -1,0 +1,3 @@
+from cogvideo_lite.prepare.prepare import main
+
+main()

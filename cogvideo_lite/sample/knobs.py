@@ -1,0 +1,143 @@
+"""Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance and the
+weight of an image expert (`generate.py` adds its log-probabilities to the model's).
+
+`SamplingKnobs` is checked once, when it is made, against the one rule table `KNOB_RULES` that also checks a bundle's
+sampling.json and the command line (`cogvideo_lite.cli`); `sample_token` trusts it and checks nothing per code.
+
+Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
+(2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
+the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman et al. (2020).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingKnobs:
+    """temperature > 0; top_k None (all codes) or >= 1; top_p in (0, 1]; guidance_scale >= 0
+    (1: plain conditional sampling, no unconditional pass; 0: unconditional); expert_weight >= 0 (0: no expert;
+    w > 0: every generated frame is drawn from p_model * p_expert**w, see `generate.ImageExpert`)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    guidance_scale: float = 1.0
+    expert_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = knob_problems({"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
+                                  "guidance_scale": self.guidance_scale, "expert_weight": self.expert_weight},
+                                 rule_names={"guidance_scale": "cfg"})
+        if problems:
+            raise ValueError("invalid sampling knobs: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------------- knob rules
+# Every check of a sampling knob, wherever its value comes from (SamplingKnobs, a bundle's sampling.json, the
+# command line of sample.py or evaluate), reads this one table: the knob's name (as in BUILTIN_KNOBS) -> whether
+# None means "not set" (a built-in fallback), the test of a set value, what it must be, and a hint for the command line.
+@dataclass(frozen=True)
+class KnobRule:
+    nullable: bool
+    accepts: Callable[[object], bool]
+    must_be: str
+    hint: str
+
+    def allows(self, value: object) -> bool:
+        return (value is None and self.nullable) or (value is not None and self.accepts(value))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+KNOB_RULES: dict[str, KnobRule] = {
+    "temperature": KnobRule(False, lambda v: _number(v) and v > 0, "a number > 0", "try --temperature 1.0"),
+    "top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to keep every code"),
+    "interp_top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to use --top-k"),
+    "top_p": KnobRule(False, lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]",
+                      "try --top-p 0.9, or 1 to turn it off"),
+    "cfg": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0",
+                    "it is the guidance scale: 1 means no guidance, try --cfg 3"),
+    "expert_weight": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0", "0 turns the expert off"),
+    "interp_expert_weight": KnobRule(True, lambda v: _number(v) and v >= 0, "a number >= 0",
+                                     "leave it out to use --expert-weight"),
+}
+# Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
+BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
+                 "expert_weight": 0.0, "interp_expert_weight": None}
+
+
+def knob_problems(knobs: Mapping[str, object], rule_names: Mapping[str, str] | None = None) -> list[str]:
+    """`name=value: expected ...` for each knob in `knobs` whose value its rule refuses (the rule of
+    `rule_names[name]` where a field goes by another name than its knob, e.g. guidance_scale -> cfg)."""
+    problems = []
+    for name, value in knobs.items():
+        rule = KNOB_RULES[(rule_names or {}).get(name, name)]
+        if not rule.allows(value):
+            problems.append(f"{name}={value!r}: expected {'null or ' if rule.nullable else ''}{rule.must_be}")
+    return problems
+
+
+def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | None]:
+    """A bundle's `sampling.json` mapping, checked: only knob names, each value as the options allow."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a mapping of knob names to values, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(BUILTIN_KNOBS))
+    if unknown:
+        raise ValueError(f"{where}: unknown sampling knob(s) {', '.join(unknown)}; expected some of "
+                         f"{', '.join(BUILTIN_KNOBS)}")
+    problems = knob_problems({**BUILTIN_KNOBS, **raw})
+    if problems:
+        raise ValueError(f"{where}: " + "; ".join(problems))
+    return dict(raw)
+
+
+def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
+                        interp_expert_weight: float | None = None) -> SamplingKnobs:
+    """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the
+    image expert's weight where given."""
+    if interp_top_k is not None:
+        knobs = replace(knobs, top_k=interp_top_k)
+    return knobs if interp_expert_weight is None else replace(knobs, expert_weight=interp_expert_weight)
+
+
+# ---------------------------------------------------------------------------------------------------- drawing
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond), exact at scale 0 and 1. Shapes (B, V)."""
+    return scale * conditional + (1 - scale) * unconditional
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torch.Tensor:
+    """logits (B, V) with everything outside the top-k and the top-p nucleus set to -inf.
+
+    The nucleus is the smallest set of most likely codes whose probability reaches top_p; the most likely
+    code always stays.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p < 1:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probabilities = sorted_logits.softmax(dim=-1)
+        mass_before = probabilities.cumsum(dim=-1) - probabilities  # (B, V) mass of more likely codes
+        drop_sorted = mass_before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def sample_token(logits: torch.Tensor, knobs: SamplingKnobs, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One code per row: logits (B, V) -> (B,) int64 in [0, V), with the knobs' temperature, top-k and top-p."""
+    probabilities = filter_logits(logits / knobs.temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
+    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]

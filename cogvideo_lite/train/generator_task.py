@@ -1,0 +1,237 @@
+"""The generator stages: image (text-to-image), keyframe and interpolate, all reading pre-tokenized shards.
+
+- image: every frame of every shard sample is a training image; the whole model trains (spatial channel,
+  embeddings, feed-forward blocks).
+- keyframe: clips at every configured rate; the image export is loaded and frozen, the temporal channel
+  (initialised as a copy of the spatial one), the mixing vectors and the frame-index embedding train. With
+  `learn_first_frame` the loss covers frame 0 too: the key-frame model then samples the whole key-frame
+  sequence, with a first frame drawn from where clips of that caption and rate start (the image stage sees
+  every frame of a clip, so its frame 0 can sit where the captioned motion has no room to happen).
+- interpolate: clips at the rates that are twice another rate of the set (the output rate of one interpolation
+  round); slots hold true frames [0, 2, 4, 1, 3]; the loss covers frames 1 and 3.
+- `init_from` (video stages): fine-tune from an earlier export of the same stage on the same image weights, or,
+  with `init_from_other_image`, on other image weights of the same architecture, text model and frame tokenizer.
+Caption dropout replaces a share of the captions by an empty one, for classifier-free guidance at sampling time.
+What differs between the stages is asked of the stage registry (`model/stages.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cogvideo_lite.bundle.exports import FULL_WEIGHTS, SPEC_FILE, load_image_model, read_spec, read_weights, save_stage
+from cogvideo_lite.model.config import weight_fields
+from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.stages import STAGES, Stage
+from cogvideo_lite.model.transformer import Generator, change_weights, stage_loss
+from cogvideo_lite.prepare.shards import META_FILE, TEXT_COPY, TokenShards
+from cogvideo_lite.provenance import CheckpointMismatch, Provenance, require_same, sha256_file
+from cogvideo_lite.text import TextTokenizer
+from cogvideo_lite.train.config import RunConfig
+from cogvideo_lite.train.probe import StageProbe
+from cogvideo_lite.train.tasks import StepOutput
+
+logger = logging.getLogger(__name__)
+
+CAPTION_DROPOUT_STREAM = 7  # salt that separates the caption-dropout draws from other per-sample randomness
+HELDOUT_SAMPLES = 256  # samples of the held-out loss (evenly spaced over the eval shards)
+HELDOUT_BATCH = 32  # samples per forward pass of the held-out loss
+
+
+class GeneratorObjective(nn.Module):
+    """What DeepSpeed wraps: the generator plus its stage, returning the stage's cross-entropy."""
+
+    def __init__(self, model: Generator, stage: Stage, layout: SequenceLayout, learn_first_frame: bool = False,
+                 change_weight: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.layout = layout
+        self.plan = stage.plan(layout, learn_first_frame)
+        self.change_weight = change_weight
+
+    def forward(self, batch: dict[str, Any], step: int):
+        tokens = batch["tokens"]  # (B, S) joint-vocabulary ids
+        logits = self.model(tokens, batch["text_pad"], self.stage)  # (B, S, codebook_size)
+        weights = None if self.change_weight == 1 else change_weights(tokens, self.layout, self.plan,
+                                                                      self.change_weight)
+        loss = stage_loss(logits, tokens, self.layout, self.plan.loss_slots, weights)
+        with torch.no_grad():
+            slot = self.plan.loss_slots[0]
+            predicted = logits[:, self.layout.prediction_slice(slot)].argmax(-1)
+            target = tokens[:, self.layout.code_slice(slot)] - self.layout.image_offset
+            accuracy = (predicted == target).float().mean().item()
+        return StepOutput(loss=loss, metrics={"loss": loss.item(), "accuracy": accuracy})
+
+
+class GeneratorTask:
+    progress_keys = ("loss", "accuracy")
+    eval_progress_keys = {"heldout_loss": "held-out loss", "direction_accuracy": "direction",
+                          "still_share": "still", "code_change": "changes", "shape_accuracy": "shape",
+                          "interpolation_error": "interp px"}
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.stage = STAGES[config.stage]
+        shards = Path(config.data.shards)
+        self.shards = TokenShards(shards)
+        meta = self.shards.meta
+        self.text = TextTokenizer.load(shards / TEXT_COPY)
+        self.provenance = Provenance.of_shards(meta)  # text model, frame tokenizer, steady margin of the codes
+        self.provenance.check(Provenance(text_model=self.text.spec["model_sha256"]), str(shards / META_FILE),
+                              str(shards / TEXT_COPY))
+        self.where = f"the shards {shards}"
+        self.layout = SequenceLayout(text_length=meta["text_length"],
+                                     num_frames=meta["num_frames"] if self.stage.is_video else 1,
+                                     grid=tuple(meta["grid"]), text_vocab_size=self.text.vocab_size,
+                                     codebook_size=meta["frame_tokenizer"]["config"]["codebook_size"])
+        self.contracts = {"text": self.text.spec, "frame_tokenizer": meta["frame_tokenizer"],
+                          "rates": list(self.text.rates)}
+        self.image_dir = Path(config.image_checkpoint) / "model" if self.stage.is_video else None
+        self.model = self._build_model()
+        self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame,
+                                         config.change_weight)
+        self.plan = self.module.plan
+        self.indices = self._sample_indices(self.shards)
+        self.probe = self._build_probe()
+
+    # -- building ---------------------------------------------------------------------------------------------------
+
+    def _build_model(self) -> Generator:
+        if not self.stage.is_video:
+            return Generator(self.config.model, self.layout)
+        image, spec = load_image_model(self.image_dir)
+        where = str(self.image_dir / SPEC_FILE)
+        require_same("architecture", weight_fields(spec["model"]), weight_fields(asdict(self.config.model)), where,
+                     "this run's config")
+        Provenance.of_export(spec).check(self.provenance, where, self.where)
+        if (spec["layout"]["text_length"], tuple(spec["layout"]["grid"])) != (self.layout.text_length, self.layout.grid):
+            raise CheckpointMismatch(f"image checkpoint {self.image_dir}: layout {spec['layout']} does not fit the "
+                                     f"shards' text length {self.layout.text_length} and grid {self.layout.grid}")
+        model = Generator(self.config.model, self.layout)  # this run's dropout, checkpointing and temporal window
+        model.load_state_dict(image.state_dict(), strict=True)
+        model.initialise_temporal_from_spatial()
+        model.set_spatial_share(self.config.spatial_share_init)
+        if self.config.init_from:
+            self._warm_start(model, Path(self.config.init_from))
+        model.freeze_spatial()
+        return model.train()
+
+    def _warm_start(self, model: Generator, directory: Path) -> None:
+        """Temporal weights from an earlier export of this stage, trained on the same frozen image weights (or, with
+        `init_from_other_image`, on others of the same architecture, text model and frame tokenizer)."""
+        spec, where = read_spec(directory, self.stage), str(directory / SPEC_FILE)
+        recorded = Provenance.of_export(spec)
+        if self.config.init_from_other_image:
+            require_same("architecture", weight_fields(spec["model"]), weight_fields(asdict(self.config.model)), where,
+                         "this run's config")
+            recorded.check(self.provenance, where, self.where)
+        else:
+            weights = self.image_dir / FULL_WEIGHTS
+            recorded.check(Provenance(image_export=sha256_file(weights)), where, str(weights))
+        require_same("grid", list(spec["layout"]["grid"]), list(self.layout.grid), where, self.where)
+        model.load_temporal_state_dict(read_weights(directory / self.stage.weights_file))
+        logger.info("%s stage: temporal weights start from %s%s", self.stage.name, directory,
+                    " (trained on other image weights)" if self.config.init_from_other_image else "")
+
+    def _sample_indices(self, shards: TokenShards) -> list[int]:
+        if not self.stage.is_video:
+            return list(range(len(shards) * shards.meta["num_frames"]))  # (sample, frame) pairs flattened
+        rates = self.stage.clip_rates(self.text.rates)
+        indices = shards.indices_with_rate(rates)
+        logger.info("%s stage: %d of %d shard samples in %s have a usable rate %s", self.stage.name, len(indices),
+                    len(shards), shards.directory, rates)
+        return indices
+
+    def _build_probe(self) -> StageProbe:
+        """The eval-time measures (train/probe.py) on `eval.shards` (checked to come from the training shards'
+        tokenizers, in their geometry), else on the training shards."""
+        heldout = bool(self.config.eval.shards)
+        shards = TokenShards(Path(self.config.eval.shards)) if heldout else self.shards
+        if heldout:
+            where = str(Path(self.config.eval.shards) / META_FILE)
+            Provenance.of_shards(shards.meta).check(self.provenance, where, self.where)
+            for key in ("num_frames", "grid", "text_length", "rates"):
+                require_same(f"shard {key}", shards.meta[key], self.shards.meta[key], where, self.where)
+        return StageProbe(self.stage, self.plan, self.layout, self.text, shards, heldout, self.config.eval.tokenizer,
+                          self.config.eval.clips)
+
+    # -- Task interface ---------------------------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def num_samples(self) -> int:
+        return len(self.indices)
+
+    def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]:
+        dropped = [self._drop_caption(epoch, index) for epoch, index in items]
+        return self._examples(self.shards, [self.indices[index] for _, index in items], dropped, device)
+
+    def _examples(self, shards: TokenShards, positions: list[int], dropped: list[bool],
+                  device: torch.device) -> dict[str, Any]:
+        """The batch of the samples at `positions` (entries of `_sample_indices(shards)`), captions dropped where
+        `dropped` says."""
+        texts, fps_ids, codes = [], [], []
+        frames_per_sample = shards.meta["num_frames"]
+        for position, drop in zip(positions, dropped):
+            if self.stage.is_video:
+                item = shards[position]
+                clip = item["codes"][list(self.plan.frame_positions)]  # (T, h, w) in slot order
+            else:
+                sample, frame = divmod(position, frames_per_sample)
+                item = shards[sample]
+                clip = item["codes"][frame:frame + 1]  # (1, h, w)
+            texts.append(torch.full_like(item["text"], self.text.pad_id) if drop else item["text"])
+            fps_ids.append(self.text.fps_id(item["fps"]))
+            codes.append(clip)
+        text_ids = torch.stack(texts)  # (B, L)
+        tokens = self.layout.assemble(text_ids, torch.tensor(fps_ids), torch.stack(codes), self.text.boi_id)
+        return {"tokens": tokens.to(device), "text_pad": (text_ids == self.text.pad_id).to(device)}
+
+    @torch.no_grad()
+    def _mean_loss(self, shards: TokenShards) -> float:
+        """The stage's loss over (at most HELDOUT_SAMPLES evenly spaced) samples of `shards`, captions kept."""
+        positions = self._sample_indices(shards)
+        positions = positions[::max(1, len(positions) // HELDOUT_SAMPLES)][:HELDOUT_SAMPLES]
+        device = next(self.model.parameters()).device
+        total = 0.0
+        for start in range(0, len(positions), HELDOUT_BATCH):
+            chunk = positions[start:start + HELDOUT_BATCH]
+            batch = self._examples(shards, chunk, [False] * len(chunk), device)
+            logits = self.model(batch["tokens"], batch["text_pad"], self.stage)
+            total += stage_loss(logits.float(), batch["tokens"], self.layout, self.plan.loss_slots).item() * len(chunk)
+        return total / len(positions)
+
+    def _drop_caption(self, epoch: int, index: int) -> bool:
+        rate = self.config.data.caption_dropout
+        if rate == 0:
+            return False
+        draw = np.random.default_rng([self.config.train.seed, epoch, index, CAPTION_DROPOUT_STREAM]).random()
+        return bool(draw < rate)
+
+    def export(self, directory: Path) -> None:
+        save_stage(self.model, directory, self.stage, self.contracts, self.image_dir, self.config.learn_first_frame,
+                   self.provenance.steady_margin)
+
+    def evaluate(self, device: torch.device) -> dict[str, float]:
+        """The probe's measures (train/probe.py), with the model in eval mode for their length."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self.probe.measure(self.model, self._mean_loss)
+        finally:
+            self.model.train(was_training)
+
+    def inputs(self) -> Provenance:
+        """What this run reads besides its config, by checksum: a resume must find the same (the video stages keep
+        the frozen image weights of their checkpoint, and their export names the image export's)."""
+        image = sha256_file(self.image_dir / FULL_WEIGHTS) if self.stage.is_video else None
+        return Provenance(self.provenance.text_model, self.provenance.frame_tokenizer, image)

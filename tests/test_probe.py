@@ -1,4 +1,4 @@
-"""The eval-time measures of generator runs (tasks/probe.py): each against a closed form or a computation by hand,
+"""The eval-time measures of generator runs (train/probe.py): each against a closed form or a computation by hand,
 and the whole probe of a key-frame run on toy shards, logged by train.py's evaluate and shown on its progress bar."""
 
 import io

@@ -113,3 +113,14 @@ def test_train_logs_the_probe_and_shows_it_on_the_progress_bar(toy, tmp_path):
     assert "heldout_loss" not in logged[-1]  # no eval.shards: nothing held out
     assert 0 <= logged[-1]["interpolation_error"]
     assert f"interp px {logged[-1]['interpolation_error']:.3g}" in bar.desc
+
+
+def test_data_rates_pick_the_clips_a_video_stage_trains_on(toy):
+    inputs, root = toy
+    task = GeneratorTask(run_config("keyframe", inputs, root, data={"shards": str(inputs.shards), "rates": [1]}))
+    assert task.num_samples() == len(task.shards.indices_with_rate([1])) > 0
+    assert {task.shards[index]["fps"] for index in task.indices} == {1}
+    with pytest.raises(ValueError, match=r"interpolate stage trains on clips at \(2, 4, 8\) fps, not at \[1\]"):
+        GeneratorTask(run_config("interpolate", inputs, root, data={"shards": str(inputs.shards), "rates": [1]}))
+    with pytest.raises(ValueError, match="data.rates: picks the clip rates of a video stage, not of the image stage"):
+        run_config("image", inputs, root, data={"shards": str(inputs.shards), "rates": [1]})

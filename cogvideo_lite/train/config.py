@@ -137,6 +137,8 @@ class DataConfig:
     heldout: tuple[Str, ...] = ()  # tokenizer stage: files evaluated (never trained on) at eval time
     shards: Str = ""  # generator stages: a token-shard directory written by `prepare`
     caption_dropout: Float = 0.1  # share of samples trained with an empty caption (for classifier-free guidance)
+    # video stages: train on the shard clips of these frame rates only (default: every rate the stage can use)
+    rates: tuple[Int, ...] = ()
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -194,6 +196,8 @@ class RunConfig:
             out.append(f"data.sources: expected at least one source for the {stage.name} stage")
         if stage.is_generator and not self.data.shards:
             out.append(f"data.shards: expected a token-shard directory for the {stage.name} stage (see `prepare`)")
+        if self.data.rates and not stage.is_video:
+            out.append(f"data.rates: picks the clip rates of a video stage, not of the {stage.name} stage")
         if not 0 <= self.data.caption_dropout < 1:
             out.append(f"data.caption_dropout={self.data.caption_dropout}: expected in [0, 1)")
         if getattr(self, stage.section) is None:

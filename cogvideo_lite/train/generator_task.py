@@ -141,10 +141,18 @@ class GeneratorTask:
         logger.info("%s stage: temporal weights start from %s%s", self.stage.name, directory,
                     " (trained on other image weights)" if self.config.init_from_other_image else "")
 
+    def _clip_rates(self) -> tuple[int, ...]:
+        """The frame rates of the clips this run trains on: `data.rates`, else every rate the stage can use."""
+        rates = self.stage.clip_rates(self.text.rates)
+        unusable = sorted(set(self.config.data.rates) - set(rates))
+        if unusable:
+            raise ValueError(f"data.rates: the {self.stage.name} stage trains on clips at {rates} fps, not at {unusable}")
+        return tuple(sorted(self.config.data.rates)) or rates
+
     def _sample_indices(self, shards: TokenShards) -> list[int]:
         if not self.stage.is_video:
             return list(range(len(shards) * shards.meta["num_frames"]))  # (sample, frame) pairs flattened
-        rates = self.stage.clip_rates(self.text.rates)
+        rates = self._clip_rates()
         indices = shards.indices_with_rate(rates)
         logger.info("%s stage: %d of %d shard samples in %s have a usable rate %s", self.stage.name, len(indices),
                     len(shards), shards.directory, rates)
@@ -160,8 +168,8 @@ class GeneratorTask:
             Provenance.of_shards(shards.meta).check(self.provenance, where, self.where)
             for key in ("num_frames", "grid", "text_length", "rates"):
                 require_same(f"shard {key}", shards.meta[key], self.shards.meta[key], where, self.where)
-        return StageProbe(self.stage, self.plan, self.layout, self.text, shards, heldout, self.config.eval.tokenizer,
-                          self.config.eval.clips)
+        return StageProbe(self.stage, self.plan, self.layout, self.text, shards, heldout, self._clip_rates()[0],
+                          self.config.eval)
 
     # -- Task interface ---------------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ from cogvideo_lite.prepare.shards import TokenShards
 from cogvideo_lite.provenance import sha256_file
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
 from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.train.config import EvalConfig
 
 logger = logging.getLogger(__name__)
 
@@ -90,17 +91,16 @@ class StageProbe:
     """The eval-time measures of one generator run (module docstring)."""
 
     def __init__(self, stage: Stage, plan: StagePlan, layout: SequenceLayout, text, shards: TokenShards,
-                 heldout: bool, tokenizer_dir: str, clips: int):
+                 heldout: bool, key_rate: int, config: EvalConfig):
+        """key_rate: the rate of the probed clips (the lowest the stage trains at); config: the run's `eval` section."""
         self.stage, self.plan, self.layout, self.text = stage, plan, layout, text
-        self.shards, self.heldout = shards, heldout
-        rates = sorted(shards.meta["rates"])
-        self.key_rate = self.stage.clip_rates(tuple(rates))[0]  # the lowest rate the stage trains at
-        indices = shards.indices_with_rate([self.key_rate])[:clips]
+        self.shards, self.heldout, self.key_rate = shards, heldout, key_rate
+        indices = shards.indices_with_rate([key_rate])[:config.clips]
         items = [shards[index] for index in indices]
         self.codes = torch.stack([item["codes"] for item in items])  # (N, T, h, w) in time order
         self.text_ids = torch.stack([item["text"] for item in items])  # (N, L)
         self.captions = [shards.source(index)["caption"] for index in indices]
-        self.tokenizer = self._load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.tokenizer = self._load_tokenizer(config.tokenizer) if config.tokenizer else None
 
     def _load_tokenizer(self, directory: str):
         from tokenizer.io import WEIGHTS_FILE, load_tokenizer

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import re
-import unicodedata
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,14 +37,13 @@ from cogvideo_lite.data.video import BadVideo, read_clip
 from cogvideo_lite.model.sampling import (SamplingKnobs, add_knob_arguments, fill_knob_defaults, interpolation_knobs,
                                          knobs_from_arguments, missing_expert)
 from cogvideo_lite.pipeline import Pipeline, Video, encode_frames, generate_videos, max_rounds
-from cogvideo_lite.text import PromptTooLong, read_prompt_lines
+from cogvideo_lite.text import (EXAMPLE_PROMPT, blank_prompt_problem, is_blank, prompt_token_problem,
+                                read_prompt_lines)
 
 logger = logging.getLogger("sample")
 
 SHEET_ROW_LENGTHS = (9, 17)  # a contact sheet row holds the frames of one 8 fps second (+1), or of two
 SLUG_LENGTH = 48  # characters of the prompt kept in file names
-EXAMPLE_PROMPT = "a red circle moves left slowly"
-INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
 LISTING = "samples.json"  # what a run writes last; its presence marks --out as holding an earlier run
 OUTPUT_KINDS = ("mp4", "gif", "sheet")  # the files written per video, keys of its samples.json entry
 
@@ -95,17 +93,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return knobs
 
 
-def is_blank(text: str) -> bool:
-    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
-    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
-
-
 def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, str]]:
     """(where, caption) per prompt; `where` names it in messages: '--prompt number 2', '--prompts FILE line 5'."""
     prompts = []
     for number, prompt in enumerate(args.prompt, start=1):
-        if is_blank(prompt):
-            parser.error(f"--prompt number {number} is empty; give a caption like --prompt '{EXAMPLE_PROMPT}'")
+        if error := blank_prompt_problem(prompt, f"--prompt number {number}", f"--prompt '{EXAMPLE_PROMPT}'"):
+            parser.error(error)
         prompts.append((f"--prompt number {number}", prompt))
     if args.prompts is not None:
         prompts += read_prompts_file(parser, args.prompts)
@@ -181,15 +174,8 @@ def choose_rate_and_rounds(parser: argparse.ArgumentParser, args: argparse.Names
 def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[tuple[str, str]]) -> None:
     """Each caption must give 1..text_length text tokens and hold no special token's text."""
     for where, prompt in prompts:
-        try:
-            ids = pipeline.text.encode_padded(prompt, pipeline.text_length)
-        except PromptTooLong as error:
-            parser.error(f"{where}: {error}; shorten it")
-        except ValueError as error:
-            parser.error(f"{where}: {error}; remove that text from the caption")
-        if all(token == pipeline.text.pad_id for token in ids):  # no text token: an unconditional video
-            parser.error(f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption "
-                         f"like '{EXAMPLE_PROMPT}'")
+        if error := prompt_token_problem(pipeline.text, prompt, pipeline.text_length, where):
+            parser.error(error)
 
 
 def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline: Pipeline,

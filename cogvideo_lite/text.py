@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 import sentencepiece
@@ -46,6 +47,8 @@ PAD_ID = 0
 UNK_ID = 1
 TRAINING_SEED = 0  # sentencepiece's global random generator; training is also single-threaded for determinism
 BYTE_PIECES = 256  # byte fallback adds one piece per byte value
+EXAMPLE_PROMPT = "a red circle moves left slowly"  # the caption that messages about a bad prompt offer instead
+INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
 
 
 class PromptTooLong(ValueError):
@@ -99,8 +102,7 @@ def read_prompt_lines(path: Path) -> list[tuple[int, str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
     except UnicodeDecodeError as error:
-        raise ValueError(f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
-                         "save the file as UTF-8") from None
+        raise ValueError(f"{not_utf8(error)}; save the file as UTF-8") from None
     except OSError as error:
         raise ValueError(f"cannot be read ({error.strerror}); give a readable text file") from None
     return list(enumerate(text.split("\n"), start=1))  # universal newlines: line numbers as editors count them
@@ -239,6 +241,41 @@ class TextTokenizer:
         ids = torch.tensor([self.encode_padded(caption, length) for caption in captions],
                            dtype=torch.long).reshape(len(captions), length)  # (B, L)
         return ids, ids == self.pad_id
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Prompt checks: one wording for every door a prompt comes in by (sample.py, the studio)
+# ----------------------------------------------------------------------------------------------------------------
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """'not UTF-8 text (byte 0xe9 at offset 12)': where bytes failed to decode, for a message."""
+    return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
+
+
+def blank_prompt_problem(prompt: str, where: str, example: str = f"'{EXAMPLE_PROMPT}'") -> str | None:
+    """The message for a prompt of which nothing would show, else None. `where` names the prompt ('--prompt number
+    2'); `example` is how the caller's user gives one (`--prompt '...'` on a command line)."""
+    return f"{where} is empty; give a caption like {example}" if is_blank(prompt) else None
+
+
+def prompt_token_problem(tokenizer: TextTokenizer, prompt: str, length: int, where: str) -> str | None:
+    """The message for a prompt that cannot condition a model of `length` text positions, else None: it needs more
+    tokens, holds a special token's text, or gives no text token at all (an unconditional video)."""
+    try:
+        ids = tokenizer.encode_padded(prompt, length)
+    except PromptTooLong as error:
+        return f"{where}: {error}; shorten it"
+    except ValueError as error:
+        return f"{where}: {error}; remove that text from the caption"
+    if all(token == tokenizer.pad_id for token in ids):
+        return (f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption like "
+                f"'{EXAMPLE_PROMPT}'")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ nor how to write videos (`sample.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,19 @@ class Video:
     key_indices: list[int]   # positions of the key frames within `frames`
 
 
+@dataclass
+class Step:
+    """What `generate_videos` tells its `on_step` observer after each step of a batch (frame 0, the key frames,
+    each interpolation round), e.g. to show a video filling in; an exception it raises stops the generation."""
+    batch_index: int
+    name: str              # "frame 0", "key frames", "round 1", ...
+    round: int             # interpolation rounds done: 0 for frame 0 and the key frames
+    codes: torch.Tensor    # (b, T, h, w) int64, the frames made so far in time order, at key_rate * 2**round fps
+
+
+StepObserver = Callable[[Step], None]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checks (all before any generation)
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,11 +186,13 @@ def derive_seed(seed: int, batch_index: int, step: int) -> int:
 def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs, key_rate: int, rounds: int,
                     seed: int, num_samples: int = 1, batch_size: int = 8, use_cache: bool = True,
                     progress: bool = True, init_codes: torch.Tensor | None = None,
-                    interpolation_knobs: SamplingKnobs | None = None) -> list[Video]:
+                    interpolation_knobs: SamplingKnobs | None = None,
+                    on_step: StepObserver | None = None) -> list[Video]:
     """`num_samples` videos per prompt, prompt by prompt. init_codes (B, k, h, w) int64, B = 1 or len(prompts),
     1 <= k <= key frames: given first key frames (frame 0 is not generated; with k = all key frames only the
     interpolation rounds run). interpolation_knobs: the rounds' own knobs (default `knobs`); greedy in-betweens
-    (top_k=1) stay on the line between their neighbours while the key frames keep their variety."""
+    (top_k=1) stay on the line between their neighbours while the key frames keep their variety.
+    on_step: called with a `Step` after every generation step of every batch."""
     interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
     for name, value in (("knobs", knobs), ("interpolation_knobs", interpolation_knobs)):
         if not isinstance(value, SamplingKnobs):
@@ -205,12 +221,14 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
             given = None if init_codes is None else (
                 init_codes[rows] if init_codes.shape[0] > 1 else init_codes.expand(len(batch), -1, -1, -1))
             label = f"batch {batch_index + 1}/{len(batches)}"
+            observe = None if on_step is None else (  # called within this batch only
+                lambda name, done, codes: on_step(Step(batch_index, name, done, codes)))
             keys = _key_frames(pipeline, text_ids[rows], text_pad[rows], key_rate, given, knobs, seed,
-                               batch_index, use_cache, bar, label)
+                               batch_index, use_cache, bar, label, observe)
             codes = _interpolation_rounds(pipeline, keys, text_ids[rows], text_pad[rows], key_rate, rounds,
                                           interpolation_knobs,
                                           [derive_seed(seed, batch_index, FIRST_ROUND_STEP + k) for k in range(rounds)],
-                                          use_cache, bar, label)  # (b, T, h, w)
+                                          use_cache, bar, label, observe)  # (b, T, h, w)
             bar.set_description(f"{label}: decode")
             frames = decode_codes(pipeline, codes)  # (b, T, H, W, 3)
             bar.update()
@@ -224,9 +242,9 @@ def generate_videos(pipeline: Pipeline, prompts: list[str], knobs: SamplingKnobs
 
 def _key_frames(pipeline: Pipeline, text_ids: torch.Tensor, text_pad: torch.Tensor, key_rate: int,
                 given: torch.Tensor | None, knobs: SamplingKnobs, seed: int, batch_index: int, use_cache: bool,
-                bar: tqdm, label: str) -> torch.Tensor:
+                bar: tqdm, label: str, observe: Callable | None = None) -> torch.Tensor:
     """Key frames (b, T, h, w): frame 0 from the image model unless given (or made by the key-frame model), the rest
-    from the key-frame model."""
+    from the key-frame model. observe(name, rounds done, codes so far) after each step."""
     fps_ids = torch.full((text_ids.shape[0],), pipeline.text.fps_id(key_rate), device=pipeline.device)
     boi_id = pipeline.text.boi_id
     if given is None and pipeline.keyframe_makes_first_frame:
@@ -237,6 +255,8 @@ def _key_frames(pipeline: Pipeline, text_ids: torch.Tensor, text_pad: torch.Tens
         given = generate_image(pipeline.image, text_ids, text_pad, fps_ids, boi_id, knobs,
                                derive_seed(seed, batch_index, IMAGE_STEP), use_cache, pipeline.expert)  # (b, 1, h, w)
         bar.update()
+        if observe is not None:
+            observe("frame 0", 0, given)
     if given.shape[1] == pipeline.num_key_frames:
         return given
     bar.set_description(f"{label}: key frames")
@@ -244,14 +264,16 @@ def _key_frames(pipeline: Pipeline, text_ids: torch.Tensor, text_pad: torch.Tens
                               pipeline.num_key_frames, knobs, derive_seed(seed, batch_index, KEYFRAME_STEP),
                               use_cache, pipeline.expert)  # (b, T, h, w)
     bar.update()
+    if observe is not None:
+        observe("key frames", 0, keys)
     return keys
 
 
 def _interpolation_rounds(pipeline: Pipeline, codes: torch.Tensor, text_ids: torch.Tensor, text_pad: torch.Tensor,
                           start_rate: int, rounds: int, knobs: SamplingKnobs, seeds: list[int], use_cache: bool,
-                          bar: tqdm | None = None, label: str = "") -> torch.Tensor:
+                          bar: tqdm | None = None, label: str = "", observe: Callable | None = None) -> torch.Tensor:
     """codes (b, T, h, w) -> (b, (T - 1) * 2**rounds + 1, h, w); round k uses seeds[k] and the fps token of
-    its output rate start_rate * 2**(k + 1)."""
+    its output rate start_rate * 2**(k + 1). observe(name, rounds done, codes so far) after each round."""
     for round_index in range(rounds):
         rate = start_rate * 2 ** (round_index + 1)
         if bar is not None:
@@ -261,6 +283,8 @@ def _interpolation_rounds(pipeline: Pipeline, codes: torch.Tensor, text_ids: tor
                             seeds[round_index], use_cache, pipeline.expert)  # (b, 2T - 1, h, w)
         if bar is not None:
             bar.update()
+        if observe is not None:
+            observe(f"round {round_index + 1}", round_index + 1, codes)
     return codes
 
 

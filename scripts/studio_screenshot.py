@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.studio_server import Studio, chromium  # noqa: E402  (the tests' way of starting both)
+from tests.studio_server import StudioServer, chromium  # noqa: E402  (the tests' way of starting both)
 
 PROMPT = "a red circle moves right slowly"
 FRAME = 12  # an in-between of the first round: its temporal channel sees key frames 0, 8, 16 and frame 4
@@ -33,7 +33,7 @@ def main() -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     with tempfile.TemporaryDirectory() as directory:
-        server = Studio(args.ckpt, Path(directory) / "studio.log")
+        server = StudioServer(args.ckpt, Path(directory) / "studio.log")
         try:
             with chromium(WIDTH, 1000) as browser:
                 wait = WebDriverWait(browser, 600)
@@ -79,8 +79,9 @@ def select_code_on_the_object(browser) -> None:
         return [...best, rows, cols];""")
     browser.execute_script("""
         const canvas = document.getElementById('query-canvas'), box = canvas.getBoundingClientRect();
-        canvas.dispatchEvent(new MouseEvent('click', {clientX: box.left + (arguments[1] + 0.5) * box.width / arguments[3],
-                                                      clientY: box.top + (arguments[0] + 0.5) * box.height / arguments[2]}));
+        const [row, col, rows, cols] = arguments;
+        canvas.dispatchEvent(new MouseEvent('click', {clientX: box.left + (col + 0.5) * box.width / cols,
+                                                      clientY: box.top + (row + 0.5) * box.height / rows}));
     """, row, col, rows, cols)
     from selenium.webdriver.support.ui import WebDriverWait
     WebDriverWait(browser, 120).until(lambda _: browser.execute_script(

@@ -25,7 +25,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
-class Studio:
+class StudioServer:
     """A studio server in a subprocess; its output goes to `log` (a file, so that a full pipe never blocks it)."""
 
     def __init__(self, bundle: Path, log: Path, *extra: str) -> None:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from cogvideo_lite.model.masks import stage_masks, stage_plan
 from tests.helpers import run_script
-from tests.studio_server import Studio
+from tests.studio_server import StudioServer
 
 PROMPT = "a red circle moves left slowly"
 LONG_PROMPT = "a red circle moves left slowly and a green square moves up quickly"  # 15 tokens; the text length is 8
@@ -31,7 +31,7 @@ LONG_PROMPT = "a red circle moves left slowly and a green square moves up quickl
 
 @pytest.fixture(scope="module")
 def studio(bundle, tmp_path_factory):
-    server = Studio(bundle, tmp_path_factory.mktemp("studio") / "studio.log")
+    server = StudioServer(bundle, tmp_path_factory.mktemp("studio") / "studio.log")
     yield server
     server.stop()
 
@@ -149,7 +149,7 @@ def test_two_clients_at_once_are_both_answered_one_after_the_other(studio):
     assert videos[1]["seconds"]["queued"] >= 0.5 * videos[0]["seconds"]["generating"]
 
 
-def _post(studio: Studio, path: str, body: dict) -> http.client.HTTPConnection:
+def _post(studio: StudioServer, path: str, body: dict) -> http.client.HTTPConnection:
     host, port = studio.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=120)
     connection.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -216,13 +216,15 @@ def hand_attention(model, tokens: torch.Tensor, text_pad: torch.Tensor, stage: s
             weights = (q @ k.transpose(1, 2) / math.sqrt(head_dim)).masked_fill(~mask, float("-inf")).softmax(-1)
             found[(layer, channel)] = weights[:, position]
             projection = getattr(attention, f"{channel}_proj")
-            outputs[channel] = (weights @ v).transpose(0, 1).reshape(length, dim) @ projection.weight.T + projection.bias
+            attended = (weights @ v).transpose(0, 1).reshape(length, dim)  # (S, D)
+            outputs[channel] = attended @ projection.weight.T + projection.bias
         mixed = outputs["spatial"].clone()
         if "temporal" in outputs:
             gate = torch.sigmoid(attention.mixing)
             mixed[prefix:] = gate * outputs["spatial"][prefix:] + (1 - gate) * outputs["temporal"][prefix:]
         x = x + mixed
-        x = x + block.feed_forward(F.layer_norm(x, (dim,), block.feed_forward_norm.weight, block.feed_forward_norm.bias))
+        norm = block.feed_forward_norm
+        x = x + block.feed_forward(F.layer_norm(x, (dim,), norm.weight, norm.bias))
     return found
 
 
@@ -244,8 +246,8 @@ def test_attention_maps_are_the_softmax_of_the_stage_that_made_the_frame(studio,
     codes = torch.tensor(studio.json(f"/api/videos/{video['id']}")[1]["codes"])  # (33, 4, 4)
     text = pipeline.text.encode_padded(PROMPT, pipeline.text_length)
     offset, boi = model.layout.image_offset, pipeline.text.boi_id
-    tokens = torch.tensor([text + [pipeline.text.fps_id(rate)]
-                           + [token for index in slot_frames for token in [boi] + (codes[index] + offset).flatten().tolist()]])
+    slot_ids = [[boi] + (codes[index] + offset).flatten().tolist() for index in slot_frames]  # in slot order
+    tokens = torch.tensor([text + [pipeline.text.fps_id(rate)] + [token for ids in slot_ids for token in ids]])
     text_pad = torch.tensor([[token == pipeline.text.pad_id for token in text]])
     slot_length, prefix = 1 + 16, pipeline.text_length + 1
     position = prefix + slot * slot_length + row * 4 + col  # the BOI or the code before (row, col) predicts it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.studio_server import Studio, chromium, chromium_missing
+from tests.studio_server import StudioServer, chromium, chromium_missing
 
 PROMPT = "a blue square moves up quickly"
 WAIT_SECONDS = 180
@@ -25,7 +25,7 @@ return drawn;
 
 @pytest.fixture(scope="module")
 def studio(bundle, tmp_path_factory):
-    server = Studio(bundle, tmp_path_factory.mktemp("studio") / "studio.log")
+    server = StudioServer(bundle, tmp_path_factory.mktemp("studio") / "studio.log")
     yield server
     server.stop()
 

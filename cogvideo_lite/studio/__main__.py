@@ -11,6 +11,7 @@ import logging
 import socket
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import uvicorn
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fail(parser: argparse.ArgumentParser, message: str) -> None:
+def fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
     """One line on stderr, exit code 2: a start-up problem is the user's to fix, so no traceback."""
     parser.exit(2, f"{parser.prog}: error: {message}\n")
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cogvideo_lite.layout import SequenceLayout
 from cogvideo_lite.model.masks import interpolation_positions
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.pipeline import Pipeline, Video, encode_prompts
@@ -153,8 +154,8 @@ def inspect_attention(pipeline: Pipeline, video: Video, frame: int, row: int, co
     }
 
 
-def _channel_maps(recorder: QueryRecorder, channel: str, depth: int, layout, text_positions: list[int],
-                  origin: FrameOrigin) -> dict:
+def _channel_maps(recorder: QueryRecorder, channel: str, depth: int, layout: SequenceLayout,
+                  text_positions: list[int], origin: FrameOrigin) -> dict:
     """One channel's weights (layers, heads, K) cut along the sequence: text (the non-pad tokens), the fps token, and
     per slot it may see, its BOI and its codes (h*w, raster order) with which of them it may see."""
     weights = torch.stack([recorder.weights[(layer, channel)] for layer in range(depth)])  # (layers, heads, K)

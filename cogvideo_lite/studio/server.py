@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 
 from cogvideo_lite.model.sampling import KNOB_RULES
 from cogvideo_lite.pipeline import max_rounds
-from cogvideo_lite.studio.form import FIELDS, KNOB_NAMES, RequestError, check_knobs, parse_generation, read_json
+from cogvideo_lite.studio.form import KNOB_NAMES, RequestError, check_knobs, parse_generation, read_json
 from cogvideo_lite.studio.worker import Job, Studio
 from cogvideo_lite.text import EXAMPLE_PROMPT
 
@@ -109,11 +109,11 @@ def describe(studio: Studio) -> dict:
             "defaults": {"prompt": EXAMPLE_PROMPT, "seed": 0, "fps": min(pipeline.rates),
                          "rounds": max_rounds(pipeline.rates, min(pipeline.rates)),
                          **check_knobs(pipeline, {})},
-            "fields": list(FIELDS), "knobs": list(KNOB_NAMES), "has_expert": pipeline.expert is not None,
+            "knobs": list(KNOB_NAMES), "has_expert": pipeline.expert is not None,
             "nullable_knobs": [name for name in KNOB_NAMES if KNOB_RULES[name].nullable],
             "text_length": pipeline.text_length, "grid": list(pipeline.image.layout.grid),
             "frame_size": pipeline.tokenizer.config.image_size, "key_frames": pipeline.num_key_frames,
-            "layers": model.depth, "heads": model.heads, "dim": model.dim}
+            "layers": model.depth, "heads": model.heads}
 
 
 async def read_body(request: Request) -> bytes:

@@ -6,7 +6,6 @@
 const $ = (id) => document.getElementById(id);
 const state = {
   info: null,        // GET /api/info
-  plan: null,        // {frames, rounds} of the video being made or shown
   video: null,       // the finished video's summary
   images: {},        // video frame index -> decoded <img>
   frame: null,       // the inspected frame
@@ -117,7 +116,7 @@ async function generate(event) {
       setStatus("Refused.");
       return;
     }
-    startVideo(body.rounds);
+    startVideo(body.fps, body.rounds);
     await readEvents(response, handleEvent);
   } catch (error) {
     if (error.name === "AbortError") setStatus("Stopped.");
@@ -192,9 +191,8 @@ function madeIn(index, rounds) {
   return rounds - Math.log2(index & -index);
 }
 
-function startVideo(rounds) {
+function startVideo(keyRate, rounds) {
   const frames = (state.info.key_frames - 1) * 2 ** rounds + 1;
-  state.plan = { frames, rounds };
   state.video = null;
   state.images = {};
   $("bar").style.width = "0";
@@ -207,7 +205,7 @@ function startVideo(rounds) {
   for (let round = 0; round <= rounds; round++) {
     const label = document.createElement("div");
     label.className = "label";
-    const rate = Number($("fps").value) * 2 ** round;
+    const rate = keyRate * 2 ** round;
     label.textContent = round === 0 ? `key frames · ${rate} fps` : `round ${round} → ${rate} fps`;
     rows.push(label);
     for (let index = 0; index < frames; index++) {
@@ -280,10 +278,16 @@ function pickCode(event) {
 async function inspect() {
   const asked = ++state.asked;
   drawQuery();
-  const response = await fetch("/api/attention", {
-    method: "POST", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ video: state.video.id, frame: state.frame, position: [state.row, state.col] }) });
-  const answer = await response.json();
+  let response, answer;
+  try {
+    response = await fetch("/api/attention", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ video: state.video.id, frame: state.frame, position: [state.row, state.col] }) });
+    answer = await response.json();
+  } catch (error) {
+    showMessage(`the studio did not answer (${error.message})`);
+    return;
+  }
   if (asked !== state.asked) return;  // a later pick is on its way
   if (!response.ok) { showMessage(answer.error); return; }
   state.maps = answer;

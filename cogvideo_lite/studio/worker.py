@@ -194,7 +194,8 @@ class Studio:
                 "made_by": [origin.stage if origin.round == 0 else f"round {origin.round}" for origin in made_by],
                 "mp4": f"/videos/{job.id}.mp4", "gif": f"/videos/{job.id}.gif",
                 "seconds": {"queued": round(job.started - job.created, 3),
-                            "generating": round(time.monotonic() - job.started, 3)}}
+                            "generating": round(time.monotonic() - job.started, 3)},
+                "finished_at": round(time.time(), 3)}  # Unix time
 
     # ---------------------------------------------------------------- inspection
     def stored(self, video_id: object) -> StoredVideo:

@@ -14,6 +14,8 @@ from cogvideo_lite.model.stages import KEYFRAME
 from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.sample.pipeline import Request, generate_videos
 from cogvideo_lite.studio.inspector import QueryRecorder, frame_origin, recording, stage_sequence
+from cogvideo_lite.studio.server import describe
+from cogvideo_lite.studio.worker import Studio
 
 PROMPT = "a red circle moves left slowly"
 GREEDY = SamplingKnobs(top_k=1)  # every code is the argmax of its logits: a replay must find the same
@@ -39,6 +41,16 @@ def test_steps_report_the_frames_made_so_far_and_can_stop_the_run(pipeline):
     with pytest.raises(Stop):
         generate_videos(pipeline, Request([PROMPT], key_rate=1, rounds=2, seed=4), SamplingKnobs(), progress=False,
                         on_step=stop_after_key_frames)
+
+
+def test_where_the_key_frame_model_draws_frame_0_the_steps_and_the_page_say_so(pipeline, tmp_path):
+    learnt = replace(pipeline, keyframe_makes_first_frame=True)  # the same models; frame 0 from the key-frame model
+    steps = []
+    generate_videos(learnt, Request([PROMPT], key_rate=1, rounds=1, seed=4), SamplingKnobs(), progress=False,
+                    on_step=steps.append)
+    assert [(step.name, step.round, step.codes.shape[1]) for step in steps] == [("key frames", 0, 5), ("round 1", 1, 9)]
+    assert describe(Studio(learnt, tmp_path))["first_frame_by"] == "keyframe"
+    assert describe(Studio(pipeline, tmp_path))["first_frame_by"] == "image"
 
 
 def test_the_recorder_gives_the_weights_attention_used_and_changes_nothing(pipeline):

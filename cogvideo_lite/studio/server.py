@@ -1,7 +1,7 @@
 """The studio's HTTP face: a FastAPI app with one hand-written page and a JSON API (documented in the README).
 
     GET  /                       the page (static/index.html, studio.js, studio.css; nothing from the internet)
-    GET  /api/info               the bundle: rates, rounds, defaults, grid, layers, heads
+    GET  /api/info               the bundle: rates, rounds, defaults, grid, layers, heads, the stage of frame 0
     POST /api/generate           {prompt, seed, fps, rounds, knobs...} -> the finished video's summary (JSON)
     POST /api/generate/stream    the same, as Server-Sent Events: queued, started, step (new frames), done | failed
     GET  /api/videos/{id}        a finished video's summary and its codes
@@ -113,6 +113,7 @@ def describe(studio: Studio) -> dict:
             "nullable_knobs": [name for name in KNOB_NAMES if KNOB_RULES[name].nullable],
             "text_length": pipeline.text_length, "grid": list(pipeline.image.layout.grid),
             "frame_size": pipeline.tokenizer.config.image_size, "key_frames": pipeline.num_key_frames,
+            "first_frame_by": "keyframe" if pipeline.keyframe_makes_first_frame else "image",
             "layers": model.depth, "heads": model.heads}
 
 

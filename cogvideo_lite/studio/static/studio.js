@@ -41,6 +41,10 @@ async function start() {
   $("bundle-info").textContent = `${info.bundle} · ${info.frame_size}×${info.frame_size} frames as ` +
     `${info.grid[0]}×${info.grid[1]} codes · ${info.layers} layers × ${info.heads} heads · text of ` +
     `${info.text_length} tokens`;
+  // Which stage draws frame 0 depends on the bundle: a key-frame model trained with learn_first_frame draws it too.
+  $("first-frame-by").textContent = info.first_frame_by === "image"
+    ? "Frame 0 comes from the image model, the other key frames from the key-frame model"
+    : "All key frames, frame 0 included, come from the key-frame model (trained to draw frame 0 too)";
   const defaults = info.defaults;
   $("prompt").value = defaults.prompt;
   $("seed").value = defaults.seed;
@@ -151,7 +155,7 @@ async function handleEvent(event) {
     setStatus(event.ahead ? `Waiting: ${event.ahead} generation(s) ahead of this one…` : "Starting…");
   } else if (event.event === "started") {
     state.steps = event.steps;
-    setStatus("Generating frame 0…");
+    setStatus(state.info.first_frame_by === "image" ? "Generating frame 0…" : "Generating the key frames…");
   } else if (event.event === "step") {
     for (const frame of event.frames) await addFrame(frame.index, frame.png);
     $("bar").style.width = percent(event.done / (state.steps + 1));
@@ -312,9 +316,11 @@ function describeOrigin(maps) {
       `the spatial channel alone; there is no temporal channel and no gate. ${query}`;
   }
   if (maps.stage === "keyframe") {
-    return `Frame ${maps.frame} is key frame ${maps.slots.findIndex((s) => s.role === "this frame") + 1} of ` +
-      `${maps.slots.length}, drawn by the <b>key-frame model</b> at ${maps.rate} fps over frames ${order}; its ` +
-      `temporal channel sees the key frames before it. ${query}`;
+    const slot = maps.slots.findIndex((s) => s.role === "this frame");
+    return `Frame ${maps.frame} is key frame ${slot + 1} of ${maps.slots.length}, drawn by the <b>key-frame ` +
+      `model</b> at ${maps.rate} fps over frames ${order}; its temporal channel sees ` +
+      (slot ? "the key frames before it" : "no frame before it (this bundle's key-frame model draws frame 0)") +
+      `. ${query}`;
   }
   return `Frame ${maps.frame} was drawn in <b>interpolation round ${maps.round}</b> (to ${maps.rate} fps). The ` +
     `interpolation model's sequence held frames ${order}: frames ${given.join(", ")} given, then the new ones ` +

@@ -6,6 +6,8 @@ QKV) and its own output projection (also a copy, so that a fresh video model equ
 frame that sees no other frame). Outputs are mixed per token and per hidden dimension after each
 channel's projection: `out = sigmoid(a) * spatial + (1 - sigmoid(a)) * temporal`, `a` (D,) starting at 0.
 Prefix tokens use the spatial channel only; without a temporal mask (image stage) out = spatial.
+An `AttentionRecorder` set on a layer's `recorder` sees every call's queries, keys and mask (the studio's attention
+inspector computes the weights of the query it shows from them); it changes nothing.
 
 Knows nothing of the layout beyond where the frame positions of the chunk begin, nor of the stage rules:
 masks arrive ready. Idea: Hong et al. 2023 (CogVideo), section 3.2.
@@ -13,11 +15,17 @@ masks arrive ready. Idea: Hong et al. 2023 (CogVideo), section 3.2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cogvideo_lite.model.cache import KVCache
+
+# (layer, channel, queries (B, heads, C, head_dim) of the chunk's rows, keys (B, heads, K, head_dim), mask (B, 1, C, K)
+# bool); the weights the channel uses are softmax(q k^T / sqrt(head_dim)) over the keys the mask allows.
+AttentionRecorder = Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 class DualChannelAttention(nn.Module):
@@ -30,6 +38,7 @@ class DualChannelAttention(nn.Module):
         self.temporal_qkv = nn.Linear(dim, 3 * dim)
         self.temporal_proj = nn.Linear(dim, dim)
         self.mixing = nn.Parameter(torch.zeros(dim))  # sigmoid(0) = 0.5: both channels weigh the same
+        self.recorder: AttentionRecorder | None = None  # an observer of every call (the studio's inspector)
         self.copy_spatial_to_temporal()
 
     @torch.no_grad()
@@ -59,6 +68,8 @@ class DualChannelAttention(nn.Module):
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, heads, C, head_dim)
         if cache is not None:
             key, value = cache.store(layer, channel, key, value)  # (B, heads, K, head_dim)
+        if self.recorder is not None:
+            self.recorder(layer, channel, query, key, mask)
         out = F.scaled_dot_product_attention(
             query[:, :, first_row:], key, value, attn_mask=mask[:, :, first_row:],
             dropout_p=self.dropout if self.training else 0.0)  # (B, heads, C - first_row, head_dim)

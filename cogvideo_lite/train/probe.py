@@ -39,6 +39,7 @@ from cogvideo_lite.provenance import sha256_file
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
 from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.train.config import EvalConfig
+from cogvideo_lite.train.examples import StageExamples
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ class StageProbe:
     """The eval-time measures of one generator run (module docstring)."""
 
     def __init__(self, stage: Stage, plan: StagePlan, layout: SequenceLayout, text, shards: TokenShards,
-                 heldout: bool, key_rate: int, config: EvalConfig):
-        """key_rate: the rate of the probed clips (the lowest the stage trains at); config: the run's `eval` section."""
+                 heldout: StageExamples | None, key_rate: int, config: EvalConfig):
+        """shards: where the probed clips come from; heldout: the examples of the held-out loss (None: no held-out
+        shards); key_rate: the rate of the probed clips (the lowest the stage trains at); config: the `eval` section."""
         self.stage, self.plan, self.layout, self.text = stage, plan, layout, text
         self.shards, self.heldout, self.key_rate = shards, heldout, key_rate
         indices = shards.indices_with_rate([key_rate])[:config.clips]
@@ -114,12 +116,12 @@ class StageProbe:
 
     # ---------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def measure(self, model: Generator, loss_of) -> dict[str, float]:
-        """All measures of this stage. loss_of(shards) -> mean stage loss over them (the held-out loss)."""
+    def measure(self, model: Generator) -> dict[str, float]:
+        """All measures of this stage, of `model` in eval mode."""
         device = next(model.parameters()).device
         results: dict[str, float] = {}
-        if self.heldout:
-            results["heldout_loss"] = loss_of(self.shards)
+        if self.heldout is not None:
+            results["heldout_loss"] = self.heldout.mean_loss(model)
         text_ids, text_pad = self.text_ids.to(device), (self.text_ids == self.text.pad_id).to(device)
         codes = self.codes.to(device)
         fps_ids = torch.full((len(codes),), self.text.fps_id(self.key_rate), device=device)

@@ -271,7 +271,9 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
     if tokens.shape[1] != layout.seq_length or logits.shape[:2] != tokens.shape:
         raise ValueError(f"stage_loss: tokens {tuple(tokens.shape)} and logits {tuple(logits.shape)} do not fit "
                          f"a layout of {layout.num_frames} frames ({layout.seq_length} tokens)")
-    predictions = torch.cat([logits[:, layout.prediction_slice(slot)] for slot in loss_slots], dim=1)  # (B, N, V)
+    rows = torch.cat([torch.arange(layout.prediction_slice(slot).start, layout.prediction_slice(slot).stop)
+                      for slot in loss_slots]).to(logits.device)
+    predictions = logits[:, rows]  # (B, N, V): one gather, whose backward fills one gradient of the logits' size
     targets = torch.cat([tokens[:, layout.code_slice(slot)] for slot in loss_slots], dim=1) - layout.image_offset
     if targets.min() < 0 or targets.max() >= layout.codebook_size:
         raise ValueError(f"loss slots {tuple(loss_slots)} hold ids that are not image codes")

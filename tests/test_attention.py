@@ -143,6 +143,22 @@ def test_compiled_flex_attention_equals_dense_on_a_sequence_of_several_tiles():
     torch.testing.assert_close(results["flex"], results["dense"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # compiles a block on CPU (about a minute)
+def test_compiled_blocks_train_as_the_eager_ones():
+    tokens = tokens_for(LAYOUT)
+    results = []
+    for compiled in (False, True):
+        model = model_for(None, torch.float32).train()
+        model.freeze_spatial()
+        if compiled:
+            model.compile_blocks()
+        loss = stage_loss(model(tokens, TEXT_PAD, KEYFRAME), tokens, LAYOUT, KEYFRAME.plan(LAYOUT).loss_slots)
+        loss.backward()
+        results.append([loss] + [p.grad for p in model.parameters() if p.requires_grad])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------- fused QKV
 def test_fused_qkv_equals_the_separate_projections_bit_for_bit_and_trains_only_what_requires_grad():
     torch.manual_seed(0)

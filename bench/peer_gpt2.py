@@ -46,7 +46,8 @@ from cogvideo_lite.train.generator_task import GeneratorObjective
 
 DEFAULT_BATCH = {"tiny": 4, "small": 1, "base": 1}
 # What the record says per size, from the key-frame stage's training step as train.py runs it (attention "auto"):
-HEADLINE = {"time_per_flop_ratio": "time / useful FLOP ratio", "cpu_time_per_flop_ratio": "cpu time / useful FLOP ratio",
+HEADLINE = {"time_per_flop_ratio": "time / useful FLOP ratio",
+            "cpu_time_per_flop_ratio": "cpu time / useful FLOP ratio",
             "time_per_dense_flop_ratio": "time / FLOP ratio"}
 GIVEN_FRAMES = 1  # the key-frame stage's prompt: prefix and frame 0
 

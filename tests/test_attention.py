@@ -23,7 +23,8 @@ STAGES = [IMAGE, KEYFRAME, INTERPOLATE]
 def tokens_for(layout: SequenceLayout, seed: int = 1) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     text = torch.randint(0, layout.text_vocab_size, (len(TEXT_PAD), layout.text_length), generator=generator)
-    codes = torch.randint(0, layout.codebook_size, (len(TEXT_PAD), layout.num_frames, *layout.grid), generator=generator)
+    codes = torch.randint(0, layout.codebook_size, (len(TEXT_PAD), layout.num_frames, *layout.grid),
+                          generator=generator)
     return layout.assemble(text, torch.tensor([5, 6, 7]), codes, 3)
 
 

@@ -92,8 +92,9 @@ class MaskRule:
         if self.window is None:
             return allowed
         frames, rows, cols = self.window
-        near_grid = ((self.row[query] - self.row[key]).abs() <= rows) & ((self.col[query] - self.col[key]).abs() <= cols)
-        near = ((self.frame[query] - self.frame[key]).abs() <= frames) & (near_grid | ~(self.is_code[query] & self.is_code[key]))
+        near_grid = (((self.row[query] - self.row[key]).abs() <= rows) & ((self.col[query] - self.col[key]).abs() <= cols)
+                     | ~(self.is_code[query] & self.is_code[key]))  # a BOI has no grid position
+        near = ((self.frame[query] - self.frame[key]).abs() <= frames) & near_grid
         prefix = len(self.visibility) - 1
         return allowed & (near | (query_slot == key_slot) | (key_slot == prefix))
 

@@ -183,7 +183,7 @@ class Generator(nn.Module):
 
     def _attention_backend(self, device: torch.device, cached: bool) -> str:
         """`self.attention`, with "auto" resolved (see ATTENTION_BACKENDS)."""
-        assert self.attention in ATTENTION_BACKENDS, f"attention={self.attention!r}: expected one of {ATTENTION_BACKENDS}"
+        assert self.attention in ATTENTION_BACKENDS, f"attention={self.attention!r}: expected {ATTENTION_BACKENDS}"
         if self.attention != "auto":
             return self.attention
         if cached:
@@ -201,7 +201,7 @@ class Generator(nn.Module):
             return FlexMask(BlockMask.from_kv_blocks(
                 *flex_block_tables(layout, stage, window, channel, query_start, stop, device), BLOCK_SIZE=FLEX_BLOCK,
                 mask_mod=flex_mask_mod(rule, text_pad, query_start), seq_lengths=(stop - query_start, stop)))
-        rows = with_text_padding(getattr(masks, channel)[query_start:stop, :stop], text_pad, query_start)  # (B, 1, Q, K)
+        rows = with_text_padding(getattr(masks, channel)[query_start:stop, :stop], text_pad, query_start)  # (B,1,Q,K)
         if backend == "slots" and query_start < stop:
             return SlotBlockMask(rows, slot_blocks(layout, stage, window, channel, query_start, stop, device))
         return DenseMask(rows)

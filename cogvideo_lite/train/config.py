@@ -229,7 +229,8 @@ class RunConfig:
         if self.eval.clips < 1:
             out.append(f"eval.clips={self.eval.clips}: expected an integer >= 1")
         if self.train.compile and not stage.is_generator:
-            out.append(f"train.compile: compiles the generator's transformer blocks; the {stage.name} stage runs eagerly")
+            out.append(f"train.compile: compiles the generator's transformer blocks; the {stage.name} stage runs "
+                       "eagerly")
         if self.init_fresh and (stage is not TOKENIZER or not self.init_from):
             out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
                        "fresh")

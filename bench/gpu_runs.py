@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     plan = yaml.safe_load(args.runs.read_text())
+    if plan.get("bench") and (isinstance(plan["bench"], bool) or not isinstance(plan["bench"], (int, float))):
+        raise SystemExit(f"{args.runs}: bench={plan['bench']!r}: expected seconds for bench.gpu_bench, or false")
     if not args.dry_run:
         (ROOT / "runs").mkdir(exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)

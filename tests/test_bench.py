@@ -148,3 +148,12 @@ def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("train.py --config") == len(runs)
     assert out.count("-m bench.gpu_bench") == bool(plan.get("bench"))
+
+
+def test_gpu_run_list_bench_wants_seconds(tmp_path):
+    from bench.gpu_runs import main as gpu_runs
+
+    path = tmp_path / "list.yaml"
+    path.write_text("bench: true\n")
+    with pytest.raises(SystemExit, match="bench=True: expected seconds for bench.gpu_bench, or false"):
+        gpu_runs([str(path), "--dry-run", "--out", str(tmp_path)])

@@ -1,7 +1,7 @@
 """One GPU call: the key-frame stage's training throughput at `small` and `base` with MFU counted two ways, peak memory
 and the largest micro-batch that fits, the new attention checked against the dense reference, and sampling speed.
 
-    python -m bench.gpu_bench --json OUT [--budget 480] [--phases train largest check sample]   # ~8 min on one H100
+    python -m bench.gpu_bench --json OUT [--budget 480] [--phases train largest check sample]   # one GPU
     python -m bench.gpu_bench --smoke --json OUT          # CPU, tiny sizes: checks the script itself
 
 First the card's bf16 matmul rate (8192^2 by 8192^2), measured here: the MFU denominator. Then the jobs of `FULL`,

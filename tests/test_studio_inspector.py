@@ -59,7 +59,7 @@ def test_the_recorder_gives_the_weights_attention_used_and_changes_nothing(pipel
     mask = torch.rand(1, 1, 6, 6, generator=generator) > 0.4
     mask[..., 0] = True  # no empty row
     recorder = QueryRecorder(position=4)
-    recorder(0, "temporal", query, key, mask)
+    recorder(0, "temporal", query, key, mask, 0)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)  # (1, heads, C, d)
     torch.testing.assert_close(torch.einsum("hk,hkd->hd", recorder.weights[(0, "temporal")], value[0]), out[0, :, 4])
     assert torch.equal(recorder.allowed[(0, "temporal")], mask[0, 0, 4])
@@ -72,8 +72,8 @@ def test_the_recorder_gives_the_weights_attention_used_and_changes_nothing(pipel
         plain = model(tokens, text_pad, KEYFRAME)
         with recording(model, QueryRecorder(position=40)):
             recorded = model(tokens, text_pad, KEYFRAME)
-    assert torch.equal(plain, recorded)
-    assert all(block.attention.recorder is None for block in model.blocks)
+    torch.testing.assert_close(plain, recorded)  # recording runs the dense path: the per-slot one's result, rounded
+    assert all(block.attention.recorder is None for block in model.blocks) and model.attention == "auto"
 
 
 @pytest.mark.parametrize("key_rate, rounds, learnt_first_frame", [(1, 3, False), (2, 1, False), (2, 1, True)])

@@ -21,16 +21,24 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from cogvideo_lite.model.layout import SequenceLayout
-from cogvideo_lite.model.attention import DualChannelAttention
+from cogvideo_lite.model.attention import AttentionMask, DenseMask, DualChannelAttention, FlexMask, SlotBlockMask
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import StageMasks, stage_masks, with_text_padding
+from cogvideo_lite.model.masks import (FLEX_BLOCK, StageMasks, flex_block_tables, flex_mask_mod, slot_blocks,
+                                       stage_masks, stage_rules, with_text_padding)
 from cogvideo_lite.model.stages import Stage, StagePlan
 
 INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation of linear and embedding weights
+# How the attention channels run (`Generator.attention`): "dense" = one scaled-dot-product attention under the whole
+# boolean mask (the reference); "slots" = one per run of query rows in a slot, over only the keys it may see; "flex" =
+# FlexAttention over block masks (CUDA for training: it has no backward on CPU, and no attention dropout); "auto" =
+# the uncached forward (training, scoring) skips what it masks: flex on CUDA (slots when training with dropout), slots
+# elsewhere; cached chunks (sampling) attend densely.
+ATTENTION_BACKENDS = ("auto", "dense", "slots", "flex")
 
 
 #################################################################################
@@ -56,7 +64,7 @@ class Block(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(config.dim)
         self.feed_forward = FeedForward(config.dim, config.mlp_ratio, config.dropout)
 
-    def forward(self, x: torch.Tensor, spatial_mask: torch.Tensor, temporal_mask: torch.Tensor | None,
+    def forward(self, x: torch.Tensor, spatial_mask: AttentionMask, temporal_mask: AttentionMask | None,
                 first_frame_row: int, cache: KVCache | None, layer: int) -> torch.Tensor:
         attended = self.attention(self.attention_norm(x), spatial_mask, temporal_mask, first_frame_row, cache, layer)
         x = x + self.attention_dropout(attended)
@@ -91,6 +99,8 @@ class Generator(nn.Module):
         self.head = nn.Linear(dim, layout.codebook_size)
         self.apply(self._init_module)
         self.initialise_temporal_from_spatial()
+        self.attention = "auto"  # one of ATTENTION_BACKENDS
+        self._compiled_blocks: list[nn.Module] = []  # compile_blocks()
         self._stage_cache: dict[tuple, tuple[StageMasks, torch.Tensor]] = {}
 
     @staticmethod
@@ -133,17 +143,24 @@ class Generator(nn.Module):
         masks, frame_positions = self._stage_tensors(layout, stage, tokens.device)
         positions = self._position_embedding(layout, stage, frame_positions)[start:stop]  # (C, D)
         x = self.token_embedding(tokens) + positions  # (B, C, D)
-        spatial_mask = with_text_padding(masks.spatial[start:stop, :stop], text_pad, start)  # (B, 1, C, K)
-        temporal_mask = None if masks.temporal is None else with_text_padding(
-            masks.temporal[start:stop, :stop], text_pad, start)
         first_frame_row = min(max(layout.prefix_length - start, 0), tokens.shape[1])
+        backend = self._attention_backend(tokens.device, cache is not None)
+        spatial_mask = self._channel_mask(backend, layout, stage, masks, "spatial", text_pad, start, stop)
+        temporal_mask = None if masks.temporal is None else self._channel_mask(
+            backend, layout, stage, masks, "temporal", text_pad, start + first_frame_row, stop)
         use_checkpoint = self.config.activation_checkpointing and self.training and cache is None
-        for layer, block in enumerate(self.blocks):
+        blocks = self._compiled_blocks if self.training and cache is None and self._compiled_blocks else self.blocks
+        for layer, block in enumerate(blocks):
             arguments = (x, spatial_mask, temporal_mask, first_frame_row, cache, layer)
             x = checkpoint(block, *arguments, use_reentrant=False) if use_checkpoint else block(*arguments)
         if cache is not None:
             cache.advance(tokens.shape[1])
         return self.head(self.final_norm(x))  # (B, C, codebook_size)
+
+    def compile_blocks(self) -> None:
+        """Run each block compiled (torch.compile: fused element-wise work, FlexAttention inside the graph) in the
+        training forward; evaluation and cached chunks, whose lengths vary, run eagerly."""
+        self._compiled_blocks = [torch.compile(block) for block in self.blocks]
 
     def new_cache(self, batch_size: int, num_frames: int, stage: Stage) -> KVCache:
         """An empty cache for sequences of `num_frames` slots in `stage` (image: spatial channel only)."""
@@ -163,6 +180,31 @@ class Generator(nn.Module):
         assert not any(mask is not None and mask[start:stop, stop:].any() for mask in (masks.spatial, masks.temporal)), (
             f"cached chunk ends at position {stop}, inside a bidirectional region (the prefix or a given frame); "
             "feed that region in one chunk")
+
+    def _attention_backend(self, device: torch.device, cached: bool) -> str:
+        """`self.attention`, with "auto" resolved (see ATTENTION_BACKENDS)."""
+        assert self.attention in ATTENTION_BACKENDS, f"attention={self.attention!r}: expected {ATTENTION_BACKENDS}"
+        if self.attention != "auto":
+            return self.attention
+        if cached:
+            return "dense"
+        dropout = self.training and self.config.dropout > 0
+        return "flex" if device.type == "cuda" and not dropout else "slots"
+
+    def _channel_mask(self, backend: str, layout: SequenceLayout, stage: Stage, masks: StageMasks, channel: str,
+                      text_pad: torch.Tensor, query_start: int, stop: int) -> AttentionMask:
+        """The mask of `channel` for query rows `query_start .. stop - 1` over keys `0 .. stop - 1`, with the text
+        padding of each sample, in the form `backend` attends with."""
+        window, device = self.config.temporal_window, text_pad.device
+        if backend == "flex" and query_start < stop:
+            rule = stage_rules(layout, stage, window, device)[channel]
+            return FlexMask(BlockMask.from_kv_blocks(
+                *flex_block_tables(layout, stage, window, channel, query_start, stop, device), BLOCK_SIZE=FLEX_BLOCK,
+                mask_mod=flex_mask_mod(rule, text_pad, query_start), seq_lengths=(stop - query_start, stop)))
+        rows = with_text_padding(getattr(masks, channel)[query_start:stop, :stop], text_pad, query_start)  # (B,1,Q,K)
+        if backend == "slots" and query_start < stop:
+            return SlotBlockMask(rows, slot_blocks(layout, stage, window, channel, query_start, stop, device))
+        return DenseMask(rows)
 
     def _stage_tensors(self, layout: SequenceLayout, stage: Stage,
                        device: torch.device) -> tuple[StageMasks, torch.Tensor]:
@@ -229,7 +271,9 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
     if tokens.shape[1] != layout.seq_length or logits.shape[:2] != tokens.shape:
         raise ValueError(f"stage_loss: tokens {tuple(tokens.shape)} and logits {tuple(logits.shape)} do not fit "
                          f"a layout of {layout.num_frames} frames ({layout.seq_length} tokens)")
-    predictions = torch.cat([logits[:, layout.prediction_slice(slot)] for slot in loss_slots], dim=1)  # (B, N, V)
+    rows = torch.cat([torch.arange(layout.prediction_slice(slot).start, layout.prediction_slice(slot).stop)
+                      for slot in loss_slots]).to(logits.device)
+    predictions = logits[:, rows]  # (B, N, V): one gather, whose backward fills one gradient of the logits' size
     targets = torch.cat([tokens[:, layout.code_slice(slot)] for slot in loss_slots], dim=1) - layout.image_offset
     if targets.min() < 0 or targets.max() >= layout.codebook_size:
         raise ValueError(f"loss slots {tuple(loss_slots)} hold ids that are not image codes")

@@ -92,25 +92,29 @@ class QueryRecorder:
         self.weights: dict[tuple[int, str], torch.Tensor] = {}
         self.allowed: dict[tuple[int, str], torch.Tensor] = {}
 
-    def __call__(self, layer: int, channel: str, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor) -> None:
-        if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+    def __call__(self, layer: int, channel: str, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor,
+                 first_row: int) -> None:
+        if query.shape[0] != 1 or first_row + query.shape[2] != key.shape[2]:
             raise ValueError("QueryRecorder reads an uncached forward of one sequence")
-        row = query[0, :, self.position]  # (heads, head_dim)
+        row = query[0, :, self.position - first_row]  # (heads, head_dim)
         scores = torch.einsum("hd,hkd->hk", row, key[0]) / math.sqrt(row.shape[-1])  # (heads, K)
-        allowed = mask[0, 0, self.position]  # (K,) bool
+        allowed = mask[0, 0, self.position - first_row]  # (K,) bool
         self.weights[(layer, channel)] = scores.masked_fill(~allowed, float("-inf")).softmax(-1).float().cpu()
         self.allowed[(layer, channel)] = allowed.cpu()
 
 
 @contextmanager
 def recording(model: Generator, recorder: QueryRecorder) -> Iterator[None]:
-    """Set `recorder` on every layer of `model` for the duration of the block."""
+    """Set `recorder` on every layer of `model` for the duration of the block, which runs the dense attention path
+    (the one whose masks the recorder reads)."""
     layers = [block.attention for block in model.blocks]
+    backend, model.attention = model.attention, "dense"
     for attention in layers:
         attention.recorder = recorder
     try:
         yield
     finally:
+        model.attention = backend
         for attention in layers:
             attention.recorder = None
 

@@ -77,6 +77,7 @@ class TrainConfig:
     precision: Str = "auto"  # auto: bf16 on GPU, float32 on CPU (exact resume; bf16 CPU speed varies by processor)
     max_bad_steps: Int = 5  # non-finite losses in a row before the run stops
     num_workers: Int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
+    compile: Bool = False  # generator stages: torch.compile each transformer block of the training forward
     deepspeed_config: Str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here
 
     def problems(self) -> list[str]:
@@ -231,6 +232,9 @@ class RunConfig:
             out.append(f"eval.shards, eval.tokenizer: the {stage.name} stage evaluates on data.heldout instead")
         if self.eval.clips < 1:
             out.append(f"eval.clips={self.eval.clips}: expected an integer >= 1")
+        if self.train.compile and not stage.is_generator:
+            out.append(f"train.compile: compiles the generator's transformer blocks; the {stage.name} stage runs "
+                       "eagerly")
         if self.init_fresh and (stage is not TOKENIZER or not self.init_from):
             out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
                        "fresh")

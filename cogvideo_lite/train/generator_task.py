@@ -95,6 +95,8 @@ class GeneratorTask:
                           "rates": list(self.text.rates)}
         self.image_dir = Path(config.image_checkpoint) / "model" if self.stage.is_video else None
         self.model = self._build_model()
+        if config.train.compile:
+            self.model.compile_blocks()
         self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame,
                                          config.change_weight)
         self.plan = self.module.plan

@@ -32,6 +32,7 @@ import torch
 from cogvideo_lite.data.shapes import parse_caption
 from cogvideo_lite.evaluate.checker import check_video
 from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.masks import stage_masks, with_text_padding
 from cogvideo_lite.model.stages import KEYFRAME, Stage, StagePlan
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.prepare.shards import TokenShards
@@ -67,9 +68,11 @@ def previous_frame_attention(model: Generator, tokens: torch.Tensor, text_pad: t
         for hook in hooks:
             hook.remove()
     same = torch.arange(layout.tokens_per_frame)
+    temporal_mask = with_text_padding(stage_masks(layout, stage, model.config.temporal_window).temporal.to(
+        tokens.device), text_pad)  # (B, 1, S, S)
     shares = []
     for layer, block in enumerate(model.blocks):
-        x, _, temporal_mask = inputs[layer][:3]  # x (B, S, D) normalised; mask (B, 1, S, S)
+        x = inputs[layer][0]  # (B, S, D) normalised
         batch, length, dim = x.shape
         heads = block.attention.heads
         query, key, _ = block.attention.temporal_qkv(x).view(batch, length, 3, heads, dim // heads).unbind(2)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cogvideo_lite.data.captions import Entry, Problem, find_captions_file, load_entries
 from cogvideo_lite.data.video import (RULES, BadVideo, VideoInfo, choose_rate, choose_start, clip_span, is_feasible,
                                       probe, read_clips, read_frames_at)
-from tokenizer.frames import read_image, to_model_frames
+from tokenizer.frames import read_image, resize_shorter_side, to_model_frames
 
 logger = logging.getLogger(__name__)
 
@@ -190,11 +190,8 @@ class ClipDataset(SeededDataset):
 
 def _resize_shorter_side(frames: np.ndarray, side: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, H', W', 3) uint8 with min(H', W') == side, aspect kept (antialiased bilinear)."""
-    height, width = frames.shape[1:3]
-    scale = side / min(height, width)
-    target = (max(side, round(height * scale)), max(side, round(width * scale)))
     tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    resized = torch.nn.functional.interpolate(tensor, size=target, mode="bilinear", antialias=True, align_corners=False)
+    resized = resize_shorter_side(tensor, side)
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H', W', 3)
 
 

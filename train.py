@@ -24,8 +24,7 @@ from cogvideo_lite.train import distributed
 from cogvideo_lite.train.checkpoint import RunDirectory
 from cogvideo_lite.train.config import RunConfig, load_config
 from cogvideo_lite.train.engine import build_engine, resolve_precision
-from cogvideo_lite.train.tasks import build_task
-from cogvideo_lite.train.tasks import Task
+from cogvideo_lite.train.tasks import Task, build_task
 from cogvideo_lite.train.stream import SampleStream, micro_batches
 
 logger = logging.getLogger("train")

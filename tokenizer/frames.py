@@ -22,16 +22,20 @@ from PIL import Image
 def to_model_frames(frames_uint8: np.ndarray, size: int) -> torch.Tensor:
     """frames_uint8 (T, H, W, 3) | (T, H, W, 1) | (T, H, W) uint8 -> (T, 3, size, size) float32 in [-1, 1]."""
     frames = _as_rgb(frames_uint8)                                    # (T, H, W, 3) uint8
-    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2).float()     # (T, 3, H, W) in [0, 255]
-    height, width = pixels.shape[-2:]
-    scale = size / min(height, width)
-    resized_height, resized_width = max(size, round(height * scale)), max(size, round(width * scale))
-    if (resized_height, resized_width) != (height, width):
-        pixels = F.interpolate(pixels, size=(resized_height, resized_width), mode="bilinear",
-                               align_corners=False, antialias=True)
-    top, left = (resized_height - size) // 2, (resized_width - size) // 2
+    pixels = resize_shorter_side(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size)  # (T, 3, H', W')
+    top, left = (pixels.shape[-2] - size) // 2, (pixels.shape[-1] - size) // 2
     pixels = pixels[:, :, top:top + size, left:left + size]          # (T, 3, size, size)
     return (pixels / 127.5 - 1.0).clamp(-1.0, 1.0).contiguous()
+
+
+def resize_shorter_side(pixels: torch.Tensor, side: int) -> torch.Tensor:
+    """pixels (T, C, H, W) float -> (T, C, H', W') with min(H', W') == side, aspect kept (antialiased bilinear)."""
+    height, width = pixels.shape[-2:]
+    scale = side / min(height, width)
+    target = (max(side, round(height * scale)), max(side, round(width * scale)))
+    if target == (height, width):
+        return pixels
+    return F.interpolate(pixels, size=target, mode="bilinear", align_corners=False, antialias=True)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from cogvideo_lite.data.captions import Entry, Problem, find_captions_file, load_entries
 from cogvideo_lite.data.video import (RULES, BadVideo, VideoInfo, choose_rate, choose_start, clip_span, is_feasible,
                                       probe, read_clips, read_frames_at)
-from tokenizer.frames import read_image, to_model_frames
+from tokenizer.frames import read_image, resize_shorter_side, to_model_frames
 
 logger = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ def _probe(entry: Entry) -> VideoInfo | BadVideo:
 def scan_clips(root: str | Path, num_frames: int, rates: list[int], progress: bool = True,
                workers: int = 0) -> tuple[list[ClipSource], DatasetReport]:
     """Load the captions and probe every listed video once (in `workers` processes, 0: in this one). Returns the
-    usable videos, in captions order, and the report. ValueError naming the argument for num_frames < 1 or rates that
-    are not distinct positive integers."""
+    usable videos, in captions order, and the report."""
     _check_arguments(num_frames, rates)
     entries, caption_problems = load_entries(root)
     report = DatasetReport()
@@ -176,7 +175,7 @@ class ClipDataset(SeededDataset):
         return self.load_samples([sample])[0]
 
     def load_samples(self, samples: list[ClipSample]) -> list[dict]:
-        """Read fixed clips of one video, decoding it once (`read_clips`); items as `load_sample` gives them."""
+        """Read fixed clips of one video, decoding it once (`read_clips`)."""
         source = self.sources[samples[0].index]
         assert all(sample.index == samples[0].index for sample in samples), "load_samples reads one video"
         clips = read_clips(source.entry.video, self.num_frames, self.size,
@@ -190,11 +189,8 @@ class ClipDataset(SeededDataset):
 
 def _resize_shorter_side(frames: np.ndarray, side: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, H', W', 3) uint8 with min(H', W') == side, aspect kept (antialiased bilinear)."""
-    height, width = frames.shape[1:3]
-    scale = side / min(height, width)
-    target = (max(side, round(height * scale)), max(side, round(width * scale)))
     tensor = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    resized = torch.nn.functional.interpolate(tensor, size=target, mode="bilinear", antialias=True, align_corners=False)
+    resized = resize_shorter_side(tensor, side)
     return resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()  # (T, H', W', 3)
 
 
@@ -257,10 +253,9 @@ class FrameAugment:
 class FrameDataset(SeededDataset):
     """Single frames from videos and images, for the frame tokenizer and the image stage.
     sources: folders with a captions file (captions kept), plain folders of videos / images, or single files.
-    Each video gives `frames_per_video` frames, each image one; all are decoded once and kept in memory (see
-    FrameAugment). Item: {"frames": (1, 3, S, S) float32 in [-1, 1], "caption": str ("" without captions), "index":
-    int}. augment: how items are augmented (`FrameAugment`); None: the centre crop of frames kept at STORED_SCALE.
-    max_files > 0 keeps only the first files of the sources."""
+    Each video gives `frames_per_video` frames, each image one, decoded once and kept in memory. Item: {"frames":
+    (1, 3, S, S) float32 in [-1, 1], "caption": str ("" without captions), "index": int}. augment None: the centre
+    crop of frames kept at STORED_SCALE. max_files > 0 keeps only the first files of the sources."""
 
     def __init__(self, sources: list[str | Path], size: int, seed: int = 0, augment: FrameAugment | None = FrameAugment(),
                  frames_per_video: int = 4, progress: bool = True, max_files: int = 0):
@@ -318,10 +313,8 @@ def rotate_hue(frames: torch.Tensor, turns: float) -> torch.Tensor:
 
 
 def _random_square_crop(frame: np.ndarray, rng: np.random.Generator, min_side: float | None) -> np.ndarray:
-    """A square at a uniform position, (H, W, 3) -> (s, s, 3). Without `min_side` it covers a uniform share of
-    CROP_AREA_RANGE of the frame's area (at most its shorter side); with it, its side is log-uniform between
-    `min_side` (a fraction of the shorter side) and the shorter side: every zoom level equally likely, from fine
-    texture to the whole frame."""
+    """A square at a uniform position, (H, W, 3) -> (s, s, 3), sized as `FrameAugment` says (at most the shorter
+    side); a log-uniform side makes every zoom level equally likely, from fine texture to the whole frame."""
     height, width = frame.shape[:2]
     shorter = min(height, width)
     if min_side is None:

@@ -21,9 +21,18 @@ SHEET_PAD_VALUE = 255
 
 def _check_frames(frames: np.ndarray, where: str) -> None:
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
-        raise ValueError(
-            f"{where}: expected uint8 frames (T, H, W, 3) with T >= 1, got {frames.dtype} {tuple(frames.shape)}"
-        )
+        raise ValueError(f"{where}: expected uint8 frames (T, H, W, 3) with T >= 1, got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+
+
+def _video_path(path: str | Path, frames: np.ndarray, fps: float, writer: str) -> Path:
+    """`path` of a video about to be written by `writer`, its folder created, once frames and fps are checked."""
+    _check_frames(frames, f"{writer}({path})")
+    if fps <= 0:
+        raise ValueError(f"{writer}({path}): fps must be positive, got {fps}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _pad_to_even(frames: np.ndarray) -> np.ndarray:
@@ -38,11 +47,7 @@ def _pad_to_even(frames: np.ndarray) -> np.ndarray:
 def write_mp4(path: str | Path, frames_uint8: np.ndarray, fps: float, crf: int = DEFAULT_CRF) -> Path:
     """Write frames (T, H, W, 3) uint8 as an H.264 yuv420p mp4 at `fps`. Odd H or W gets one repeated
     row / column so the file plays everywhere. Returns the path."""
-    _check_frames(frames_uint8, f"write_mp4({path})")
-    if fps <= 0:
-        raise ValueError(f"write_mp4({path}): fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _video_path(path, frames_uint8, fps, "write_mp4")
     frames = _pad_to_even(frames_uint8)
     import av  # imported here: only writing video needs PyAV (machines that only train can go without it)
 
@@ -64,11 +69,7 @@ def write_mp4(path: str | Path, frames_uint8: np.ndarray, fps: float, crf: int =
 
 def write_gif(path: str | Path, frames_uint8: np.ndarray, fps: float) -> Path:
     """Write frames (T, H, W, 3) uint8 as a looping gif. GIF stores delays in 1/100 s, so fps is approximate."""
-    _check_frames(frames_uint8, f"write_gif({path})")
-    if fps <= 0:
-        raise ValueError(f"write_gif({path}): fps must be positive, got {fps}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _video_path(path, frames_uint8, fps, "write_gif")
     images = [Image.fromarray(frame) for frame in frames_uint8]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
     return path
@@ -92,18 +93,13 @@ def contact_sheet(rows: list[np.ndarray], pad: int = 2) -> np.ndarray:
         raise ValueError("contact_sheet: no rows given")
     for index, row in enumerate(rows):
         _check_frames(row, f"contact_sheet row {index}")
+        if row.shape[1:3] != rows[0].shape[1:3]:
+            raise ValueError(f"contact_sheet: row {index} has frames of {row.shape[1:3]}, row 0 has "
+                             f"{rows[0].shape[1:3]}")
     height, width = rows[0].shape[1:3]
-    for index, row in enumerate(rows):
-        if row.shape[1:3] != (height, width):
-            raise ValueError(
-                f"contact_sheet: row {index} has frames of {row.shape[1:3]}, row 0 has {(height, width)}"
-            )
     columns = max(row.shape[0] for row in rows)
-    sheet = np.full(
-        (len(rows) * height + (len(rows) + 1) * pad, columns * width + (columns + 1) * pad, 3),
-        SHEET_PAD_VALUE,
-        dtype=np.uint8,
-    )
+    sheet = np.full((len(rows) * height + (len(rows) + 1) * pad, columns * width + (columns + 1) * pad, 3),
+                    SHEET_PAD_VALUE, dtype=np.uint8)
     for row_index, row in enumerate(rows):
         top = pad + row_index * (height + pad)
         for column_index, frame in enumerate(row):

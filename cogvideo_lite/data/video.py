@@ -69,14 +69,6 @@ class VideoInfo:
     width: int
 
 
-def _looks_like_container(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(2 * _TRANSPORT_PACKET_BYTES + 1)
-    if _is_transport_stream(head):
-        return True
-    return any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
-
-
 def _is_transport_stream(head: bytes) -> bool:
     """Sync bytes at the start of three packets in a row (one or two could be chance: a GIF starts with 0x47)."""
     return len(head) > 2 * _TRANSPORT_PACKET_BYTES and all(
@@ -91,16 +83,18 @@ def open_reader(path: str | Path) -> decord.VideoReader:
     if path.stat().st_size == 0:
         raise BadVideo(path, "empty file")
     with open(path, "rb") as handle:
-        if _is_transport_stream(handle.read(2 * _TRANSPORT_PACKET_BYTES + 1)):
-            # decord 0.6 opens these but seeks in them wrongly: a read at 0 s returned the frame of 1.3 s
-            raise BadVideo(path, "MPEG transport stream (decord reads its frames at wrong times)",
-                           f"remux it to mp4 first, e.g. ffmpeg -i {path.name} -c copy {path.stem}.mp4")
+        head = handle.read(2 * _TRANSPORT_PACKET_BYTES + 1)
+    if _is_transport_stream(head):
+        # decord 0.6 opens these but seeks in them wrongly: a read at 0 s returned the frame of 1.3 s
+        raise BadVideo(path, "MPEG transport stream (decord reads its frames at wrong times)",
+                       f"remux it to mp4 first, e.g. ffmpeg -i {path.name} -c copy {path.stem}.mp4")
     import decord  # here: a machine that only samples and checks generated videos can go without it
 
     try:
         reader = decord.VideoReader(str(path))
     except Exception as error:  # decord raises RuntimeError or its own DECORDError
-        reason = "corrupt or truncated video" if _looks_like_container(path) else "not a video"
+        container = any(head[offset : offset + len(magic)] == magic for offset, magic in _CONTAINER_SIGNATURES)
+        reason = "corrupt or truncated video" if container else "not a video"
         raise BadVideo(path, reason, str(error).splitlines()[0]) from error
     if len(reader) == 0:
         raise BadVideo(path, "no frames")

@@ -89,10 +89,13 @@ def load_feature_network(path: str | Path | None, flag: str,
 
 
 @torch.no_grad()
-def _features(network: torch.jit.ScriptModule, batches, arguments: dict, what: str) -> np.ndarray:
-    """Run the network over an iterable of input tensors; returns (N, F) float64."""
+def _features(network: torch.jit.ScriptModule, arrays: np.ndarray, batch_size: int, to_input, arguments: dict,
+              what: str) -> np.ndarray:
+    """Run the network over `arrays` in batches of `batch_size`, each made its input by `to_input`: (N, F) float64."""
+    device = next(iter(network.parameters()), torch.empty(0)).device
     outputs = []
-    for batch in batches:
+    for start in range(0, len(arrays), batch_size):
+        batch = to_input(torch.from_numpy(arrays[start:start + batch_size]).to(device))
         features = network(batch, **arguments)
         if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[0] != batch.shape[0]:
             shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
@@ -106,20 +109,16 @@ def video_features(network: torch.jit.ScriptModule, videos: np.ndarray, batch_si
     """videos (N, T, H, W, 3) uint8 -> I3D features (N, F) float64."""
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"video_features: expected uint8 videos (N, T, H, W, 3), got {videos.dtype} {videos.shape}")
-    device = next(iter(network.parameters()), torch.empty(0)).device
-    batches = (torch.from_numpy(videos[start:start + batch_size]).to(device).permute(0, 4, 1, 2, 3).float()
-               for start in range(0, len(videos), batch_size))  # each (b, 3, T, H, W) in [0, 255]
-    return _features(network, batches, I3D_ARGUMENTS, "I3D")
+    return _features(network, videos, batch_size, lambda batch: batch.permute(0, 4, 1, 2, 3).float(),  # (b, 3, T, H, W)
+                     I3D_ARGUMENTS, "I3D")
 
 
 def frame_features(network: torch.jit.ScriptModule, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """frames (N, H, W, 3) uint8 -> Inception features (N, F) float64."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frame_features: expected uint8 frames (N, H, W, 3), got {frames.dtype} {frames.shape}")
-    device = next(iter(network.parameters()), torch.empty(0)).device
-    batches = (torch.from_numpy(frames[start:start + batch_size]).to(device).permute(0, 3, 1, 2).contiguous()
-               for start in range(0, len(frames), batch_size))  # each (b, 3, H, W) uint8
-    return _features(network, batches, INCEPTION_ARGUMENTS, "Inception")
+    return _features(network, frames, batch_size, lambda batch: batch.permute(0, 3, 1, 2).contiguous(),  # (b, 3, H, W)
+                     INCEPTION_ARGUMENTS, "Inception")
 
 
 def fvd(network: torch.jit.ScriptModule, videos: np.ndarray, reference: np.ndarray, batch_size: int = 8) -> float:

@@ -7,10 +7,8 @@ its caption:
   TRAVEL_FRACTIONS);
 - retiming ratio: the same prompts and seeds with key frames at twice the rate: mean key-frame displacement at r / at
   2r over the pairs where both have one (ideal 2);
-- interpolation error: mean over the non-key frames of the distance (pixels) to the midpoint of the two frames their
-  round interpolated between;
-- consistency: mean share of frames keeping the video's majority colour and shape; colour and shape consistency:
-  the same for each word alone;
+- the checker's interpolation error (mean over every checked non-key frame) and consistency, colour and shape
+  consistency (means over the videos);
 - speed error: per video, |measured - caption speed| / caption speed, averaged; measured = key-frame displacement x
   key rate (pixels per second), caption speed = the grammar's (`ClipSpec(size).speed(word)`, default clip length);
   a video with fewer than 2 key frames showing an object counts as error 1 (no motion measured).

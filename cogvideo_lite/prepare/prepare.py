@@ -1,27 +1,23 @@
 """The prepare step: encode a dataset once into token shards (frame codes, text ids, frame rates).
 
-    python -m cogvideo_lite.prepare --data DIR --tokenizer DIR --text DIR --out DIR [--num-frames 5]
-        [--rates 1,2,4,8] [--clips-per-rate 1] [--batch-size 16] [--text-length 16] [--seed 0] [--part-size 256]
-        [--steady-margin 0.05] [--workers N]
+    python -m cogvideo_lite.prepare --data DIR --tokenizer DIR --text DIR --out DIR [--workers N ...] (see --help)
 
-What it does: scans the dataset once (bad or too-short videos are skipped with a warning naming file and reason),
-then enumerates a fixed plan of clips: for every usable video (in captions-file order), every frame rate of the set
-at which `num_frames` frames fit, and `clips_per_rate` clips per rate, with the start time of clip c drawn from
-`default_rng([seed, video index, rate, c])`. The planned clips of a video are read together, the video decoded once
-(in `workers` processes, in plan order, while the main process encodes), their frames encoded by the frame tokenizer
-(batched, no grad, eval mode) and their caption by the text tokenizer; shards.py stores them in parts of `part_size`
-samples. The shards do not depend on the number of workers.
+The plan: for every usable video (captions-file order; bad or too-short videos are skipped with a warning naming file
+and reason), every rate of the set at which `num_frames` frames fit, and `clips_per_rate` clips per rate, clip c
+starting at a time drawn from `default_rng([seed, video index, rate, c])`. A video's planned clips are decoded
+together (in `workers` processes, in plan order, while the main process encodes), encoded in batches by the frame
+tokenizer, their caption by the text tokenizer, and stored by shards.py in parts of `part_size` samples. The shards
+do not depend on the number of workers.
 
-Resumable: every sample records its position in the plan, so a re-run with the same arguments and tokenizers
-continues after the last complete part. Parts are multiples of the batch size, so every batch of a resumed run
-holds the same clips as in an uninterrupted run and the shards come out identical. A run over a directory made
-with other arguments, tokenizers or captions is refused by ShardWriter naming what differs; a run whose plan no
-longer starts with the clips already written (a video removed, added, repaired or broken since) is refused naming
-the first clip that differs, since continuing would lose or repeat clips. The directory's copy of the text model
-(`text/`) is replaced while no part exists yet, and a copy that differs from `--text` once parts exist is refused.
+Resumable: every sample records its position in the plan and parts are multiples of the batch size, so a re-run with
+the same arguments and tokenizers continues after the last complete part and the shards come out identical. A
+directory made with other arguments, tokenizers or captions is refused by ShardWriter naming what differs; one whose
+plan no longer starts with the clips already written (a video removed, added, repaired or broken since) is refused
+naming the first clip that differs. The directory's copy of the text model (`text/`) is replaced while no part
+exists yet, and refused if it differs from `--text` once parts exist.
 
-What it does not know: how videos are decoded or probed (data/video.py, data/datasets.py), how the VQVAE works,
-how training reads the shards. Where the idea comes from: LlamaGen's code-extraction step.
+What it does not know: how videos are decoded or probed (data/), how the VQVAE works, how training reads the shards.
+Where the idea comes from: LlamaGen's code-extraction step.
 """
 
 from __future__ import annotations
@@ -32,6 +28,7 @@ import json
 import logging
 import re
 import shutil
+from collections import Counter
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -111,9 +108,7 @@ class PrepareSummary:
     problems: list[Problem] = field(default_factory=list)
 
     def describe(self) -> str:
-        counts: dict[str, int] = {}
-        for problem in self.problems:
-            counts[problem.reason] = counts.get(problem.reason, 0) + 1
+        counts = Counter(problem.reason for problem in self.problems)
         skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(counts.items())) or "none"
         state = "complete" if self.complete else "incomplete (re-run to continue)"
         return (f"wrote {self.written} samples; shards hold {self.total_samples} samples in {self.parts} parts, "

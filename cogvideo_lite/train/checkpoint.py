@@ -70,25 +70,17 @@ class RunDirectory:
                 logger.warning("--overwrite: deleting the previous run in %s", self.root)
                 shutil.rmtree(self.root)
             elif not run_file.exists():
-                raise RunDirectoryError(
-                    f"{self.root} is not empty and holds no cogvideo_lite run (no run.json); "
-                    "choose another run_dir or pass --overwrite to replace its contents"
-                )
+                raise RunDirectoryError(f"{self.root} is not empty and holds no cogvideo_lite run (no run.json); "
+                                        "choose another run_dir or pass --overwrite to replace its contents")
             elif not resume:
-                tag = self.latest_tag()
-                raise RunDirectoryError(
-                    f"{self.root} already holds a run (latest checkpoint: {tag or 'none'}); "
-                    "pass --resume to continue it or --overwrite to start over"
-                )
+                raise RunDirectoryError(f"{self.root} already holds a run (latest checkpoint: "
+                                        f"{self.latest_tag() or 'none'}); pass --resume to continue it or --overwrite "
+                                        "to start over")
             else:
-                previous = json.loads(run_file.read_text())["config"]
-                changed = self._incompatible_changes(previous, config)
+                changed = self._incompatible_changes(json.loads(run_file.read_text())["config"], config)
                 if changed:
-                    raise RunDirectoryError(
-                        f"cannot resume {self.root}: the config differs from the run's own in "
-                        + "; ".join(changed)
-                        + " (use another run_dir, or --overwrite to start over)"
-                    )
+                    raise RunDirectoryError(f"cannot resume {self.root}: the config differs from the run's own in "
+                                            f"{'; '.join(changed)} (use another run_dir, or --overwrite to start over)")
         self.root.mkdir(parents=True, exist_ok=True)
         self.checkpoints.mkdir(exist_ok=True)
         text = json.dumps(config, sort_keys=True)

@@ -8,6 +8,7 @@ Anything every rank must agree on (a run directory's fate, a skipped step) is de
 from __future__ import annotations
 
 import atexit
+import hashlib
 import os
 import shutil
 import socket
@@ -114,8 +115,6 @@ def mean_over_ranks(values: dict[str, float], device: torch.device | None = None
 def replicas_identical(module: torch.nn.Module) -> bool:
     """True when every rank holds bit-identical weights and buffers (ZeRO-1/2 replicate them; a codebook updated
     outside the optimizer must stay in step by itself). Compares one digest per rank."""
-    import hashlib
-
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())

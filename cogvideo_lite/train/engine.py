@@ -36,7 +36,6 @@ def deepspeed_config(train: TrainConfig, world_size: int, device: torch.device) 
     config["train_micro_batch_size_per_gpu"] = train.micro_batch
     config["gradient_accumulation_steps"] = train.grad_accum
     config["train_batch_size"] = train.micro_batch * train.grad_accum * world_size
-    assert config["train_batch_size"] == train.micro_batch * train.grad_accum * world_size
     config.setdefault("zero_optimization", {})["stage"] = train.zero_stage
     config["bf16"] = {"enabled": resolve_precision(train, device) == "bf16"}
     config["fp16"] = {"enabled": False}

@@ -41,6 +41,8 @@ from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, ge
 from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.train.config import EvalConfig
 from cogvideo_lite.train.examples import StageExamples
+from tokenizer.frames import to_uint8
+from tokenizer.io import WEIGHTS_FILE, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +110,6 @@ class StageProbe:
         self.tokenizer = self._load_tokenizer(config.tokenizer) if config.tokenizer else None
 
     def _load_tokenizer(self, directory: str):
-        from tokenizer.io import WEIGHTS_FILE, load_tokenizer
-
         wanted = self.shards.meta["frame_tokenizer"]["weights_sha256"]
         found = sha256_file(Path(directory) / WEIGHTS_FILE)
         if found != wanted:
@@ -165,8 +165,6 @@ class StageProbe:
         except ValueError:
             return {}  # not the shapes grammar: nothing to check against
         self.tokenizer.to(drawn.device)
-        from tokenizer.frames import to_uint8
-
         frames = to_uint8(self.tokenizer.decode(drawn))  # (N, T, H, W, 3)
         if key_indices is None:
             checks = [check_video(video) for video in frames]

@@ -23,11 +23,13 @@ from cogvideo_lite.train.config import RunConfig
 from cogvideo_lite.data.datasets import FrameAugment, FrameDataset
 from cogvideo_lite.train.tasks import StepOutput
 from cogvideo_lite.provenance import CheckpointMismatch, Provenance
-from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.discriminator import PatchDiscriminator
+from tokenizer.evaluate import evaluate_frames, load_dataset_frames
+from tokenizer.io import load_tokenizer, save_tokenizer
 from tokenizer.losses import hinge_d_loss, tokenizer_loss
 from tokenizer.metrics import psnr
 from tokenizer.model import VQVAE
+from tokenizer.perceptual import build_perceptual
 
 logger = logging.getLogger(__name__)
 
@@ -121,11 +123,7 @@ class TokenizerTask:
         self.model = VQVAE(model_config)
         if config.init_from:
             self._warm_start(Path(config.init_from))
-        perceptual = None
-        if model_config.perceptual_weight > 0:
-            from tokenizer.perceptual import build_perceptual
-
-            perceptual = build_perceptual(model_config.perceptual)
+        perceptual = build_perceptual(model_config.perceptual) if model_config.perceptual_weight > 0 else None
         discriminator = PatchDiscriminator() if model_config.disc_weight > 0 else None
         self.module = TokenizerObjective(self.model, perceptual, discriminator)
         self.dataset = RepeatedSources([
@@ -194,8 +192,6 @@ class TokenizerTask:
         """PSNR, SSIM and codebook use on the held-out files (never trained on)."""
         if not self.heldout:
             return {}
-        from tokenizer.evaluate import evaluate_frames, load_dataset_frames
-
         size = self.config.tokenizer.image_size
         frames = torch.cat([load_dataset_frames(path, size, max_frames=HELDOUT_FRAMES) for path in self.heldout])
         results = evaluate_frames(self.model, frames.to(device))

@@ -71,16 +71,17 @@ def _distance(values: torch.Tensor) -> torch.Tensor:
 def _local_window(layout: SequenceLayout, plan: StagePlan, window: tuple[int, int, int]) -> torch.Tensor:
     """(T*n, T*n) bool: pairs in the same slot, or within `window` = (frames, rows, cols) radii.
 
-    Frame distance is measured in true frames; rows and columns only between codes (a BOI has neither).
+    Frame distance is measured in true frames. A BOI stands at row 0, column 0, the grid position of the code it
+    predicts: a slot's first code then sees only the first window rows of the slots before it, so a frame can start
+    before the one before it ends (exact parallel decoding across frames, `sample/schedule.py`).
     """
     frames_radius, rows_radius, cols_radius = window
     n, width = layout.slot_length, layout.grid[1]
     slot = torch.arange(layout.num_frames).repeat_interleave(n)  # (T*n,)
     position = torch.tensor(plan.frame_positions).repeat_interleave(n)  # (T*n,)
-    within = torch.arange(n).repeat(layout.num_frames)  # (T*n,), 0 = BOI
-    row, col, is_code = (within - 1) // width, (within - 1) % width, within > 0
+    code = (torch.arange(n) - 1).clamp(min=0).repeat(layout.num_frames)  # (T*n,) raster index; a BOI at 0
+    row, col = code // width, code % width
     near_grid = (_distance(row) <= rows_radius) & (_distance(col) <= cols_radius)
-    near_grid |= ~(is_code[:, None] & is_code[None, :])
     return (slot[:, None] == slot[None, :]) | ((_distance(position) <= frames_radius) & near_grid)
 
 
@@ -107,6 +108,14 @@ def stage_masks(layout: SequenceLayout, stage: Stage,
     temporal = _full_mask(layout, frame_block)
     temporal[:layout.prefix_length] = spatial[:layout.prefix_length]
     return StageMasks(spatial, temporal)
+
+
+@functools.lru_cache(maxsize=None)
+def image_slots_mask(layout: SequenceLayout) -> torch.Tensor:
+    """(S, S) bool: every slot an image of its own, seeing the prefix and itself causally, as the image stage's
+    spatial mask does for its one slot (an image model decoding several slots side by side). Cached."""
+    causal_slots = torch.diag(torch.full((layout.num_frames,), _CAUSAL, dtype=torch.long))
+    return _full_mask(layout, _frame_block(layout, causal_slots))
 
 
 def with_text_padding(rows: torch.Tensor, text_pad: torch.Tensor, query_start: int = 0) -> torch.Tensor:

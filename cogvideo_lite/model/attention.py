@@ -66,9 +66,9 @@ class DualChannelAttention(nn.Module):
     # ---------------------------------------------------------------- decoding over a static cache
     def decode(self, x: torch.Tensor, positions: torch.Tensor, spatial_mask: torch.Tensor,
                temporal_mask: torch.Tensor | None, cache: KVCache, layer: int, first_frame_row: int) -> torch.Tensor:
-        """x (B, K, D), the normalised queries of one pass at `positions` (K,) int64; masks (B, 1, K, S) bool over
-        all S cached positions; queries from `first_frame_row` on are frame positions (0 but in a prefill of the
-        prefix). Writes the queries' keys and values into `cache`. Returns (B, K, D)."""
+        """x (B, K, D), the normalised queries of one pass at `positions` (K,) int64; masks (B, 1, K, S') additive
+        (0 or -inf) over cached positions 0 .. S' - 1; queries from `first_frame_row` on are frame positions (0 but in
+        a prefill of the prefix). Writes the queries' keys and values into `cache`. Returns (B, K, D)."""
         spatial = self.spatial_proj(self._attend_cached(self.spatial_qkv, x, positions, spatial_mask, 0, cache, layer,
                                                         "spatial"))
         if temporal_mask is None:
@@ -87,6 +87,7 @@ class DualChannelAttention(nn.Module):
         query, key, value = qkv(x).view(batch, length, 3, self.heads, dim // self.heads).unbind(2)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, heads, K, head_dim)
         keys, values = cache.write(layer, channel, positions, key, value)  # (B, heads, S, head_dim)
-        out = F.scaled_dot_product_attention(query[:, :, first_row:], keys, values,
+        visible = slice(0, mask.shape[-1])
+        out = F.scaled_dot_product_attention(query[:, :, first_row:], keys[:, :, visible], values[:, :, visible],
                                              attn_mask=mask[:, :, first_row:])  # (B, heads, K - first_row, head_dim)
         return out.transpose(1, 2).reshape(batch, length - first_row, dim)

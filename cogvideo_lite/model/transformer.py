@@ -156,20 +156,22 @@ class Generator(nn.Module):
 
     # ---------------------------------------------------------------- decoding
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, tables: DecodeTables,
-               first_frame_row: int = 0) -> torch.Tensor:
+               first_frame_row: int = 0, key_limit: int | None = None) -> torch.Tensor:
         """Logits (B, K, codebook_size) of the codes the queries predict: one decoding pass.
 
         tokens (B, K) int64 joint-vocabulary ids at `positions` (K,) int64 of the sequence that `tables` describes.
         Their keys and values are written into `cache`; each query attends to the positions its stage mask row allows
         and `cache.visible` holds, and to itself. Queries before `first_frame_row` are prefix positions, which use the
-        spatial channel alone (a prefill); a pass feeds frame positions only. Static shapes: nothing depends on how
-        far decoding has come, and nothing reads a tensor's value on the host.
+        spatial channel alone (a prefill); a pass feeds frame positions only. key_limit: attend over positions
+        0 .. key_limit - 1 only, exact when no query sees a later position (none does but in a bidirectional given
+        slot); None: all S, static shapes for a captured graph. Nothing reads a tensor's value on the host.
         """
         x = self.token_embedding(tokens) + tables.positions.index_select(0, positions)  # (B, K, D)
-        allowed = cache.visible[:, None] | (positions[:, None] == tables.columns)  # (B, K, S)
-        spatial_mask = (tables.spatial.index_select(0, positions) & allowed)[:, None]  # (B, 1, K, S)
-        temporal_mask = None if tables.temporal is None else (
-            tables.temporal.index_select(0, positions) & allowed)[:, None]
+        keys = slice(0, key_limit)
+        allowed = cache.visible[:, None, keys] | (positions[:, None] == tables.columns[keys])  # (B, K, S')
+        spatial_mask = _additive(tables.spatial.index_select(0, positions)[:, keys] & allowed, x.dtype)
+        temporal_mask = None if tables.temporal is None else _additive(
+            tables.temporal.index_select(0, positions)[:, keys] & allowed, x.dtype)
         for layer, block in enumerate(self.blocks):
             x = block.decode(x, positions, spatial_mask, temporal_mask, cache, layer, first_frame_row)
         return self.head(self.final_norm(x))  # (B, K, codebook_size)
@@ -250,6 +252,12 @@ class Generator(nn.Module):
             if value.shape != parameters[name].shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)}, expected {tuple(parameters[name].shape)}")
             parameters[name].copy_(value)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (B, K, S') -> (B, 1, K, S') additive attention bias, 0 where allowed and -inf elsewhere: made once
+    per pass instead of once per layer and channel."""
+    return torch.full(mask.shape, float("-inf"), dtype=dtype, device=mask.device).masked_fill_(mask, 0.0)[:, None]
 
 
 def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayout,

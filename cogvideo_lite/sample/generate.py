@@ -174,6 +174,7 @@ class _PassTensors:
     draws: torch.Tensor | None  # (D,) indices into the K queries; None when every query draws
     draw_positions: torch.Tensor  # (D,)
     targets: torch.Tensor  # (D,)
+    key_limit: int | None  # the last query position + 1 (no query sees further); None for a captured graph
 
     @classmethod
     def of(cls, step: Pass, device: torch.device, width: int | None = None) -> _PassTensors:
@@ -183,7 +184,7 @@ class _PassTensors:
         flat = torch.tensor([value for values in lists for value in values], dtype=torch.long, device=device)
         positions, sources, shown, draws, draw_positions, targets = flat.split([len(values) for values in lists])
         return cls(positions, sources, shown, None if len(step.draws) == len(positions) else draws,
-                   draw_positions, targets)
+                   draw_positions, targets, None if width is not None else max(step.positions) + 1)
 
 
 class _Noise:
@@ -217,7 +218,7 @@ class _CachedDecoder:
 
     def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
         self.cache.show(step.shown)
-        logits = self.step(tokens.index_select(1, step.sources), step.positions)
+        logits = self.step(tokens.index_select(1, step.sources), step.positions, step.key_limit)
         return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
 
 
@@ -248,7 +249,8 @@ class _CachedExpert:
     def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
         batch = self.cache.visible.shape[0]  # the conditional rows of a guided batch
         self.cache.show(step.shown - self.offset)
-        logits = self.step(tokens[:batch].index_select(1, step.sources), step.positions - self.offset)
+        logits = self.step(tokens[:batch].index_select(1, step.sources), step.positions - self.offset,
+                           None if step.key_limit is None else step.key_limit - self.offset)
         return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
 
 
@@ -273,11 +275,12 @@ class _UncachedExpert:
 
 
 def _decoder(model: Generator, cache: KVCache, tables: DecodeTables, tokens: torch.Tensor,
-             graph_first: _PassTensors | None, offset: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """(tokens (B, K), positions (K,)) -> logits (B, K, V) of one pass: `Generator.decode`, or its CUDA graph captured
-    on the first pass (`graph_first`, positions `offset` further on than the model's); eager where capture fails."""
-    def eager(step_tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return model.decode(step_tokens, positions, cache, tables)
+             graph_first: _PassTensors | None, offset: int) -> Callable[..., torch.Tensor]:
+    """(tokens (B, K), positions (K,), key limit) -> logits (B, K, V) of one pass: `Generator.decode`, or its CUDA graph
+    captured on the first pass (`graph_first`, positions `offset` further on than the model's); eager where capture
+    fails."""
+    def eager(step_tokens: torch.Tensor, positions: torch.Tensor, key_limit: int | None) -> torch.Tensor:
+        return model.decode(step_tokens, positions, cache, tables, key_limit=key_limit)
 
     if graph_first is None:
         return eager
@@ -290,24 +293,23 @@ def _decoder(model: Generator, cache: KVCache, tables: DecodeTables, tokens: tor
 
 
 class _GraphedDecode:
-    """One pass of fixed shapes captured as a CUDA graph (every launch of a pass in one replay; LlamaGen and gpt-fast
-    do the same through torch.compile's "reduce-overhead"). The inputs are copied into the graph's own buffers; the
-    cache and tables stay at their addresses, so each replay writes and reads the live cache. Captured with the first
-    pass's inputs: the capture's writes into the cache are the first replay's writes."""
+    """One pass of fixed shapes (all S keys) captured as a CUDA graph: every launch of a pass in one replay (LlamaGen
+    and gpt-fast get the same through torch.compile's "reduce-overhead"). The inputs are copied into the graph's own
+    buffers; the cache and tables stay at their addresses, so each replay writes and reads the live cache. Captured
+    with the first pass's inputs: the capture's writes into the cache are the first replay's writes."""
 
-    def __init__(self, decode: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], tokens: torch.Tensor,
-                 positions: torch.Tensor) -> None:
+    def __init__(self, decode: Callable[..., torch.Tensor], tokens: torch.Tensor, positions: torch.Tensor) -> None:
         self.tokens, self.positions = tokens.clone(), positions.clone()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up outside the graph (kernel selection, workspace allocation)
-            decode(self.tokens, self.positions)
+            decode(self.tokens, self.positions, None)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = decode(self.tokens, self.positions)
+            self.logits = decode(self.tokens, self.positions, None)
 
-    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_limit: None) -> torch.Tensor:
         self.tokens.copy_(tokens)
         self.positions.copy_(positions)
         self.graph.replay()
@@ -318,7 +320,8 @@ def _prefill(model: Generator, cache: KVCache, tables: DecodeTables, tokens: tor
     """Feed positions 0 .. length - 1 (prefix and given slots) in one pass, all visible to each other."""
     positions = torch.arange(length, device=tokens.device)
     cache.show(positions)
-    model.decode(tokens[:cache.visible.shape[0], :length], positions, cache, tables, model.layout.prefix_length)
+    model.decode(tokens[:cache.visible.shape[0], :length], positions, cache, tables, model.layout.prefix_length,
+                 key_limit=length)
 
 
 def _check_expert_layout(expert: Generator, layout: SequenceLayout) -> None:

@@ -4,6 +4,7 @@ smoke run of the GPU benchmark, and the YAML run lists of the GPU runs. No speed
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -113,10 +114,10 @@ def test_gpu_bench_smoke_runs_on_cpu_and_writes_json(tmp_path):
     assert record["settings"]["smoke"] and record["machine"]["torch"] == torch.__version__
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "generator", "video_stages"])
+@pytest.mark.parametrize("name", ["tokenizer", "generator", "video_stages", "sampling"])
 def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     """The YAML run lists of the GPU runs: each run's config exists, names are unique, evaluations name runs of the
-    list, and a dry run prints one train.py command per run."""
+    list, and a dry run prints one train.py command per run and one command per benchmark, whose arguments parse."""
     import yaml
 
     from bench.gpu_runs import main as gpu_runs
@@ -129,4 +130,9 @@ def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     assert len(set(names)) == len(names)
     assert all({entry["keyframe"], entry["interpolate"]} <= set(names) for entry in plan.get("evaluations", []))
     gpu_runs([str(path), "--dry-run", "--out", str(tmp_path)])
-    assert capsys.readouterr().out.count("train.py --config") == len(runs)
+    printed = capsys.readouterr().out
+    assert printed.count("train.py --config") == len(runs)
+    benchmarks = plan.get("benchmarks", [])
+    assert all(printed.count(f"-m bench.{entry['module']}") >= 1 for entry in benchmarks)
+    for entry in benchmarks:  # argparse accepts the arguments (a bad one exits)
+        importlib.import_module(f"bench.{entry['module']}").build_parser().parse_args([*map(str, entry.get("args", [])), "--json", str(tmp_path / "x")])

@@ -135,4 +135,5 @@ def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     benchmarks = plan.get("benchmarks", [])
     assert all(printed.count(f"-m bench.{entry['module']}") >= 1 for entry in benchmarks)
     for entry in benchmarks:  # argparse accepts the arguments (a bad one exits)
-        importlib.import_module(f"bench.{entry['module']}").build_parser().parse_args([*map(str, entry.get("args", [])), "--json", str(tmp_path / "x")])
+        parser = importlib.import_module(f"bench.{entry['module']}").build_parser()
+        parser.parse_args([*map(str, entry.get("args", [])), "--json", str(tmp_path / "x")])

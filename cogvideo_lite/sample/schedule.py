@@ -24,7 +24,8 @@ Passes per generation call with G generated slots of n = h*w codes (`tests/test_
 Random numbers: every drawn code has its own noise (`order`: its index in the sequential order), so any two modes that
 compute the same logits draw the same codes.
 
-Knows sequence layouts and stage masks; does not know the network nor the sampling knobs. Validation of a mode's text is here (`parse_mode`), for the command line and a bundle's sampling.json.
+Knows sequence layouts and stage masks; does not know the network nor the sampling knobs. Validation of a mode's
+text is here (`parse_mode`), for the command line and a bundle's sampling.json.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # The two commands of the README, plus a few conveniences. Every target sets up .venv first.
-.PHONY: setup test test-slow demo demo-scratch bench
+.PHONY: setup test test-slow demo demo-scratch bench studio
 
 setup:
 	bash scripts/setup.sh
@@ -15,3 +15,7 @@ demo:
 
 demo-scratch:
 	bash scripts/demo.sh --from-scratch
+
+studio:
+	bash scripts/setup.sh
+	.venv/bin/python -m cogvideo_lite.studio --ckpt checkpoints/shapes-tiny

@@ -38,7 +38,7 @@ from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME, Stage
 from cogvideo_lite.provenance import write_atomic
 from cogvideo_lite.sample.pipeline import Pipeline, Request, Video, encode_frames, generate_videos
 from cogvideo_lite.sample.schedule import parse_mode
-from cogvideo_lite.text import PromptTooLong
+from cogvideo_lite.text import EXAMPLE_PROMPT, blank_prompt_problem, prompt_token_problem
 
 logger = logging.getLogger("sample")
 
@@ -81,13 +81,13 @@ def read_prompts(parser: argparse.ArgumentParser, args: argparse.Namespace) -> l
     """(where, caption) per prompt; `where` names it in messages: '--prompt number 2', '--prompts FILE line 5'."""
     prompts = []
     for number, prompt in enumerate(args.prompt, start=1):
-        if cli.is_blank(prompt):
-            parser.error(f"--prompt number {number} is empty; give a caption like --prompt '{cli.EXAMPLE_PROMPT}'")
+        if error := blank_prompt_problem(prompt, f"--prompt number {number}", f"--prompt '{EXAMPLE_PROMPT}'"):
+            parser.error(error)
         prompts.append((f"--prompt number {number}", prompt))
     if args.prompts is not None:
         prompts += cli.prompt_lines(parser, args.prompts)
     if not prompts:
-        parser.error(f"no prompt given; add --prompt '{cli.EXAMPLE_PROMPT}' or --prompts FILE")
+        parser.error(f"no prompt given; add --prompt '{EXAMPLE_PROMPT}' or --prompts FILE")
     return prompts
 
 
@@ -115,15 +115,8 @@ def make_out(parser: argparse.ArgumentParser, out: Path) -> None:
 def check_prompt_tokens(parser: argparse.ArgumentParser, pipeline: Pipeline, prompts: list[tuple[str, str]]) -> None:
     """Each caption must give 1..text_length text tokens and hold no special token's text."""
     for where, prompt in prompts:
-        try:
-            ids = pipeline.text.encode_padded(prompt, pipeline.text_length)
-        except PromptTooLong as error:
-            parser.error(f"{where}: {error}; shorten it")
-        except ValueError as error:
-            parser.error(f"{where}: {error}; remove that text from the caption")
-        if all(token == pipeline.text.pad_id for token in ids):  # no text token: an unconditional video
-            parser.error(f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption "
-                         f"like '{cli.EXAMPLE_PROMPT}'")
+        if error := prompt_token_problem(pipeline.text, prompt, pipeline.text_length, where):
+            parser.error(error)
 
 
 def read_given_codes(parser: argparse.ArgumentParser, args: argparse.Namespace, pipeline: Pipeline,

@@ -1,6 +1,7 @@
 """Matrix-multiply rate of this machine: float32 and bfloat16 GFLOP/s at 1 and 2 threads.
 
     python -m bench.matmul [--sizes 1024 2048] [--threads-list 1 2] [--json OUT]
+    python -m bench.matmul --pick-precision      # prints bf16 or fp32: the faster training precision on this CPU
 
 GFLOP/s uses the wall clock; "per CPU-second" divides by the CPU time of this process instead (at one thread,
 roughly what an idle machine gives when other jobs share the cores). The measured float32 rate is the denominator
@@ -46,12 +47,24 @@ def measured_matmul_flops(threads: int, size: int = REFERENCE_SIZE, dtype: torch
     return 2 * size**3 / (timing.seconds if clock == "wall" else timing.cpu_seconds)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def faster_precision(size: int = 1024) -> str:
+    """'bf16' when a bfloat16 matmul beats float32 per CPU-second on this machine (one thread), else 'fp32': CPUs
+    differ by several times either way (those with AMX or AVX512-BF16 units are faster in bfloat16)."""
+    rates = {name: measured_matmul_flops(1, size, DTYPES[name], clock="cpu") for name in DTYPES}
+    return "bf16" if rates["bfloat16"] > rates["float32"] else "fp32"
+
+
+def main(argv: list[str] | None = None) -> dict | None:
     parser = base_parser(__doc__.splitlines()[0], warmup=2, repeats=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, REFERENCE_SIZE], help="matrix sides n")
     parser.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="thread counts to measure")
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    parser.add_argument("--pick-precision", action="store_true",
+                        help="only print the faster training precision here, bf16 or fp32 (the demo's choice)")
     args = parser.parse_args(argv)
+    if args.pick_precision:
+        print(faster_precision())
+        return None
     rows = []
     for threads in args.threads_list:
         set_threads(threads)

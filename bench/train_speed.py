@@ -13,7 +13,9 @@ PyTorch module that DeepSpeed would wrap (`--deepspeed` also times the same step
 FLOP counting convention (matmuls only; norms, softmax, embeddings lookups and the optimizer are not counted):
 - forward, per sequence of S tokens with a prefix of P = L + 1: every linear layer 2 x fan_in x fan_out per token
   it is applied to (the temporal QKV runs on all S tokens, the temporal projection on the S - P frame tokens), the
-  code head on all S tokens; attention 4 x S_query x S x D per channel, dense (the masked pairs are computed too).
+  code head on all S tokens; attention 4 x D per query-key pair, counted two ways: dense = every pair of a channel's
+  rows (S spatial, S - P temporal) with the S keys, as masked dense attention computes them; useful = only the pairs
+  the stage's masks allow, with the batch's text padding (what block-sparse attention needs at the least).
 - model FLOPs (the MFU numerator, PaLM's convention): 3 x forward, i.e. 6 x weight FLOPs as if every weight trained,
   plus 3 x attention.
 - executed FLOPs: frozen weights (the spatial channel, embeddings, feed-forward blocks and head of the video
@@ -21,7 +23,8 @@ FLOP counting convention (matmuls only; norms, softmax, embeddings lookups and t
 - tokenizer (the VQVAE alone: the tiny config has no perceptual loss and no discriminator): 3 x the forward FLOPs
   of every convolution and linear layer, plus the (forward-only) cosine similarity of each code vector to the
   codebook.
-MFU = model FLOPs per second / the float32 matmul rate measured in the same run at the same thread count
+MFU = model FLOPs per second (dense attention; "useful MFU": useful attention) / the float32 matmul rate measured in
+the same run at the same thread count
 (`bench.matmul.measured_matmul_flops`); "MFU (cpu time)" divides both by CPU seconds instead of wall seconds, which
 keeps most of the waiting for a core out of both when other jobs share the machine.
 """
@@ -44,6 +47,7 @@ from cogvideo_lite.train.config import RunConfig, TrainConfig, load_config
 from cogvideo_lite.data.shapes import all_captions
 from cogvideo_lite.train.engine import PROJECT_ROOT
 from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.masks import stage_masks, with_text_padding
 from cogvideo_lite.model.config import GENERATOR_SIZES, GeneratorConfig
 from cogvideo_lite.model.stages import STAGES as REGISTRY
 from cogvideo_lite.model.transformer import Generator
@@ -61,40 +65,68 @@ DATA_SEED = 0
 # ---------------------------------------------------------------------------------------------------- FLOPs
 @dataclass(frozen=True)
 class StepFlops:
-    """FLOPs of one training step (see the module docstring for the convention)."""
+    """FLOPs of one training step (see the module docstring for the convention); `useful_*` count attention over the
+    pairs the masks allow only, the others over every pair a channel's rows make with the keys (dense)."""
 
     forward: float
     model: float
     executed: float
+    useful_model: float
+    useful_executed: float
 
 
 def linear_flops(tokens: int, fan_in: int, fan_out: int) -> float:
     return 2.0 * tokens * fan_in * fan_out
 
 
-def generator_forward_flops(config: GeneratorConfig, layout: SequenceLayout, stage: str) -> dict[str, float]:
-    """Forward FLOPs of one sequence, split into spatial-group weights, temporal-group weights and attention."""
+def attention_pairs(config: GeneratorConfig, layout: SequenceLayout, stage: str,
+                    text_pad: torch.Tensor | None = None) -> dict[str, int]:
+    """Query-key pairs of one forward pass over the channels of `stage`, summed over the sequences of text_pad (B, L)
+    (one sequence without padding when None): "dense", every row a channel computes (all S in the spatial channel,
+    the S - P frame positions in the temporal one) against every key; "useful", the pairs its mask allows."""
+    text_pad = torch.zeros(1, layout.text_length, dtype=torch.bool) if text_pad is None else text_pad.cpu()
+    masks = stage_masks(layout, REGISTRY[stage], config.temporal_window)
+    channels = [(masks.spatial, 0)] + ([(masks.temporal, layout.prefix_length)] if masks.temporal is not None else [])
+    pairs = {"dense": 0, "useful": 0}
+    for mask, first_row in channels:
+        pairs["dense"] += mask[first_row:].numel() * len(text_pad)
+        pairs["useful"] += int(with_text_padding(mask[first_row:], text_pad, first_row).sum())
+    return pairs
+
+
+def generator_forward_flops(config: GeneratorConfig, layout: SequenceLayout, stage: str,
+                            pairs: int | None = None) -> dict[str, float]:
+    """Forward FLOPs of one sequence, split into spatial-group weights, temporal-group weights and attention over
+    `pairs` query-key pairs (default: dense, `attention_pairs`)."""
     dim, hidden, total, prefix = config.dim, int(config.dim * config.mlp_ratio), layout.seq_length, layout.prefix_length
     frame_tokens = total - prefix
     spatial_layer = (linear_flops(total, dim, 3 * dim) + linear_flops(total, dim, dim)
                      + linear_flops(total, dim, hidden) + linear_flops(total, hidden, dim))
-    attention_layer = 4.0 * total * total * dim
     temporal_layer = 0.0
     if REGISTRY[stage].is_video:
         temporal_layer = linear_flops(total, dim, 3 * dim) + linear_flops(frame_tokens, dim, dim)
-        attention_layer += 4.0 * frame_tokens * total * dim
+    pairs = attention_pairs(config, layout, stage)["dense"] if pairs is None else pairs
     return {"spatial": config.depth * spatial_layer + linear_flops(total, dim, layout.codebook_size),
             "temporal": config.depth * temporal_layer,
-            "attention": config.depth * attention_layer}
+            "attention": config.depth * 4.0 * pairs * dim}  # q k^T and the weighted sum of values: 2 + 2 per pair
 
 
-def generator_step_flops(config: GeneratorConfig, layout: SequenceLayout, stage: str, batch: int) -> StepFlops:
-    """One training step of `batch` sequences; the video stages train the temporal group alone."""
-    parts = {name: batch * value for name, value in generator_forward_flops(config, layout, stage).items()}
-    forward = sum(parts.values())
+def generator_step_flops(config: GeneratorConfig, layout: SequenceLayout, stage: str, batch: int,
+                         text_pad: torch.Tensor | None = None) -> StepFlops:
+    """One training step of `batch` sequences (the useful pairs with the text padding text_pad (B, L), or none); the
+    video stages train the temporal group alone."""
+    weights = generator_forward_flops(config, layout, stage, pairs=0)
+    spatial, temporal = batch * weights["spatial"], batch * weights["temporal"]
     frozen_factor = 2.0 if REGISTRY[stage].is_video else 3.0  # no weight gradient for frozen weights
-    executed = frozen_factor * parts["spatial"] + 3.0 * (parts["temporal"] + parts["attention"])
-    return StepFlops(forward=forward, model=3.0 * forward, executed=executed)
+    pairs = attention_pairs(config, layout, stage, text_pad)
+    scale = batch if text_pad is None else 1
+    attention = {kind: generator_forward_flops(config, layout, stage, scale * count)["attention"]
+                 for kind, count in pairs.items()}
+    forward = spatial + temporal + attention["dense"]
+    return StepFlops(forward=forward, model=3.0 * forward,
+                     executed=frozen_factor * spatial + 3.0 * (temporal + attention["dense"]),
+                     useful_model=3.0 * (spatial + temporal + attention["useful"]),
+                     useful_executed=frozen_factor * spatial + 3.0 * (temporal + attention["useful"]))
 
 
 def tokenizer_forward_flops(model: VQVAE) -> float:
@@ -126,8 +158,8 @@ def tokenizer_step_flops(model: VQVAE, frames: int) -> StepFlops:
     similarity = 2.0 * model.config.tokens_per_frame * model.config.codebook_size * model.config.code_dim
     forward = frames * tokenizer_forward_flops(model)
     weights = forward - frames * similarity
-    return StepFlops(forward=forward, model=3.0 * weights + frames * similarity,
-                     executed=3.0 * weights + frames * similarity)
+    step = 3.0 * weights + frames * similarity  # no attention: every count is the same
+    return StepFlops(forward=forward, model=step, executed=step, useful_model=step, useful_executed=step)
 
 
 # ---------------------------------------------------------------------------------------------------- stages
@@ -181,8 +213,9 @@ def build_generator_stage(stage: str, size: str, batch: int | None, text: TextTo
         model.freeze_spatial()  # as GeneratorTask does after loading the image export
     module = GeneratorObjective(model, REGISTRY[stage], layout).train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    return StageSetup(stage, module, parameters, random_generator_batch(layout, text, batch), config.train,
-                      generator_step_flops(config.model, layout, stage, batch),
+    data = random_generator_batch(layout, text, batch)
+    return StageSetup(stage, module, parameters, data, config.train,
+                      generator_step_flops(config.model, layout, stage, batch, data["text_pad"]),
                       {"tokens": batch * layout.seq_length}, sum(p.numel() for p in parameters))
 
 
@@ -255,6 +288,7 @@ def result_row(setup: StageSetup, path: str, timing: Timing, matmul: dict[str, f
     row["model GFLOP/step"] = setup.flops.model / 1e9
     row["GFLOP/s"] = setup.flops.model / step_time / 1e9
     row["MFU"] = setup.flops.model / step_time / matmul["wall"]
+    row["useful MFU"] = setup.flops.useful_model / step_time / matmul["wall"]
     row["executed MFU"] = setup.flops.executed / step_time / matmul["wall"]
     row["MFU (cpu time)"] = setup.flops.model / timing.cpu_seconds / matmul["cpu"]
     return row

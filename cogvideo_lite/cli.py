@@ -16,19 +16,16 @@ import argparse
 import contextlib
 import json
 import logging
-import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, SamplingKnobs, interpolation_knobs
+from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, SamplingKnobs, interpolation_knobs, missing_expert
+from cogvideo_lite.text import is_blank, not_utf8
 
 if TYPE_CHECKING:
     import torch
 
     from cogvideo_lite.sample.pipeline import Pipeline
-
-EXAMPLE_PROMPT = "a red circle moves left slowly"
-INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
 
 
 def setup_logging() -> None:
@@ -79,11 +76,6 @@ def rates_argument(text: str) -> tuple[int, ...]:
 # Prompts
 # ----------------------------------------------------------------------------------------------------------------
 
-def is_blank(text: str) -> bool:
-    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
-    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
-
-
 def prompt_lines(parser: argparse.ArgumentParser, path: Path) -> list[tuple[str, str]]:
     """(where, caption) per non-blank line of a prompts file (`--prompts`): UTF-8, a leading byte-order mark dropped;
     `where` names it in messages ('--prompts FILE line 5'). A file that cannot serve is a command-line error."""
@@ -93,8 +85,7 @@ def prompt_lines(parser: argparse.ArgumentParser, path: Path) -> list[tuple[str,
     try:
         text = path.read_text(encoding="utf-8-sig")  # the BOM some editors write is not part of the first caption
     except UnicodeDecodeError as error:
-        parser.error(f"{flag}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start}); "
-                     "save the file as UTF-8")
+        parser.error(f"{flag}: {not_utf8(error)}; save the file as UTF-8")
     except OSError as error:
         parser.error(f"{flag}: cannot be read ({error.strerror}); give a readable text file")
     lines = [(f"{flag} line {number}", line.strip())  # universal newlines: line numbers as editors count them
@@ -168,10 +159,9 @@ def sampling_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
         rule, value = KNOB_RULES[name], getattr(args, name)
         if not rule.allows(value):
             parser.error(f"--{name.replace('_', '-')} {value}: must be {rule.must_be}; {rule.hint}")
-    weights = [value for value in (args.expert_weight, args.interp_expert_weight) if value]
-    if weights and pipeline is not None and pipeline.expert is None:
-        parser.error(f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert (an "
-                     "expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out or at 0")
+    if pipeline is not None and (error := missing_expert(args.expert_weight, args.interp_expert_weight,
+                                                         pipeline.expert is not None)):
+        parser.error(error)
     knobs = SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.cfg,
                           expert_weight=args.expert_weight, decode=args.decode)
     return knobs, interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)

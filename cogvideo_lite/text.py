@@ -4,7 +4,9 @@ What it is: `train_text_model` trains a byte-pair-encoding sentencepiece model o
 `text.model` and a `text.json` spec beside it; `TextTokenizer` loads that pair and turns captions into ids
 (plain, left-padded, or as a padded batch with its mask). Special tokens are ids of their own and never split:
 pad (id 0), unk (id 1, unused in practice: unknown characters fall back to their UTF-8 bytes), `<boi>`
-(begin-of-image) and one `<fps_R>` token per configured frame rate R.
+(begin-of-image) and one `<fps_R>` token per configured frame rate R. The prompt checks (blank, too long,
+special-token text, no text token, not UTF-8) live here too, with one wording for every door a prompt comes in by:
+`sample.py`, `cli.py` and the studio.
 
 Normalisation: the model applies NFKC and case folding (sentencepiece's `nmt_nfkc_cf` rule) and collapses runs of
 whitespace, so `encode("A  Red circle") == encode("a red circle")` and `decode(encode(c))` gives the lower-case,
@@ -27,12 +29,12 @@ import argparse
 import io
 import json
 import logging
+import unicodedata
 from pathlib import Path
 
 import sentencepiece
 import torch
 
-from cogvideo_lite import cli
 from cogvideo_lite.provenance import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ PAD_ID = 0
 UNK_ID = 1
 TRAINING_SEED = 0  # sentencepiece's global random generator; training is also single-threaded for determinism
 BYTE_PIECES = 256  # byte fallback adds one piece per byte value
+EXAMPLE_PROMPT = "a red circle moves left slowly"  # the caption that messages about a bad prompt offer instead
+INVISIBLE_CATEGORIES = ("Cc", "Cf")  # Unicode control and format characters (zero-width space, joiners, BOM)
 
 
 class PromptTooLong(ValueError):
@@ -220,6 +224,41 @@ class TextTokenizer:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Prompt checks: one wording for every door a prompt comes in by (sample.py, the studio)
+# ----------------------------------------------------------------------------------------------------------------
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """'not UTF-8 text (byte 0xe9 at offset 12)': where bytes failed to decode, for a message."""
+    return f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing of `text` would show: only whitespace and invisible characters (zero-width space, BOM)."""
+    return all(char.isspace() or unicodedata.category(char) in INVISIBLE_CATEGORIES for char in text)
+
+
+def blank_prompt_problem(prompt: str, where: str, example: str = f"'{EXAMPLE_PROMPT}'") -> str | None:
+    """The message for a prompt of which nothing would show, else None. `where` names the prompt ('--prompt number
+    2'); `example` is how the caller's user gives one (`--prompt '...'` on a command line)."""
+    return f"{where} is empty; give a caption like {example}" if is_blank(prompt) else None
+
+
+def prompt_token_problem(tokenizer: TextTokenizer, prompt: str, length: int, where: str) -> str | None:
+    """The message for a prompt that cannot condition a model of `length` text positions, else None: it needs more
+    tokens, holds a special token's text, or gives no text token at all (an unconditional video)."""
+    try:
+        ids = tokenizer.encode_padded(prompt, length)
+    except PromptTooLong as error:
+        return f"{where}: {error}; shorten it"
+    except ValueError as error:
+        return f"{where}: {error}; remove that text from the caption"
+    if all(token == tokenizer.pad_id for token in ids):
+        return (f"{where} is empty to the text model ({prompt!r} gives no text tokens); give a caption like "
+                f"'{EXAMPLE_PROMPT}'")
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -232,6 +271,7 @@ def minimum_vocab_size(captions: list[str], rates: tuple[int, ...]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from cogvideo_lite import cli  # here, not at the top: cli imports this module's prompt checks
     from cogvideo_lite.data.captions import load_entries
 
     parser = argparse.ArgumentParser(description="Train the caption tokenizer (sentencepiece) of a dataset.")

@@ -132,3 +132,9 @@ def test_zero_stage_3_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match=r"train\.zero_stage=4: expected 0, 1 or 2"):
         load_config(CONFIGS / "image_tiny.yaml", ["train.zero_stage=4"])
     assert load_config(CONFIGS / "image_tiny.yaml", ["train.zero_stage=1"]).train.zero_stage == 1
+
+
+def test_compile_belongs_to_the_generator_stages():
+    assert load_config(CONFIGS / "keyframe_tiny.yaml", ["train.compile=true"]).train.compile
+    with pytest.raises(ConfigError, match=r"train.compile: compiles the generator's transformer blocks; the tokenizer"):
+        load_config(CONFIGS / "tokenizer_tiny.yaml", ["train.compile=true"])

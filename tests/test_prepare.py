@@ -101,6 +101,13 @@ def test_bad_videos_are_skipped_and_counted(prepared):
     assert "1 caption refused, 1 corrupt or truncated video, 1 too short" in prepared[1].describe()
 
 
+def test_worker_processes_write_the_same_shards(prepared, dataset, tokenizers, tmp_path):
+    out = tmp_path / "with-workers"
+    summary = prepare(make_config(dataset, tokenizers, out, workers=2), progress=False, device="cpu")
+    assert part_files(out) == part_files(prepared[0])
+    assert sorted(map(str, summary.problems)) == sorted(map(str, prepared[1].problems))
+
+
 def test_interrupted_run_resumes_to_identical_shards(prepared, dataset, tokenizers, tmp_path):
     config = make_config(dataset, tokenizers, tmp_path)
     first = prepare(config, max_parts=1, progress=False, device="cpu")

@@ -84,8 +84,8 @@ def test_keyframe_probe_measures_and_the_heldout_loss_equals_the_loss_by_hand(to
     task = GeneratorTask(config)
     results = task.evaluate(torch.device("cpu"))
     assert task.model.training  # back in training mode after the probe
-    positions = task._sample_indices(task.shards)
-    batch = task._examples(task.shards, positions, [False] * len(positions), torch.device("cpu"))
+    positions = task.examples.positions
+    batch = task.examples.batch(positions, [False] * len(positions), torch.device("cpu"))
     with torch.no_grad():
         by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], KEYFRAME), batch["tokens"],
                              task.layout, task.plan.loss_slots).item()
@@ -113,3 +113,29 @@ def test_train_logs_the_probe_and_shows_it_on_the_progress_bar(toy, tmp_path):
     assert "heldout_loss" not in logged[-1]  # no eval.shards: nothing held out
     assert 0 <= logged[-1]["interpolation_error"]
     assert f"interp px {logged[-1]['interpolation_error']:.3g}" in bar.desc
+
+
+def test_data_rates_pick_the_clips_a_video_stage_trains_on(toy):
+    inputs, root = toy
+    task = GeneratorTask(run_config("keyframe", inputs, root, data={"shards": str(inputs.shards), "rates": [1]}))
+    assert task.num_samples() == len(task.shards.indices_with_rate([1])) > 0
+    assert {task.shards[index]["fps"] for index in task.examples.positions} == {1}
+    with pytest.raises(ValueError, match=r"interpolate stage trains on clips at \(2, 4, 8\) fps, not at \[1\]"):
+        GeneratorTask(run_config("interpolate", inputs, root, data={"shards": str(inputs.shards), "rates": [1]}))
+    with pytest.raises(ValueError, match="data.rates: picks the clip rates of a video stage, not of the image stage"):
+        run_config("image", inputs, root, data={"shards": str(inputs.shards), "rates": [1]})
+
+
+def test_evaluate_losses_is_the_stage_loss_over_the_shards(toy, tmp_path):
+    from cogvideo_lite.evaluate.command import main
+
+    inputs, root = toy
+    task = GeneratorTask(run_config("image", inputs, root))
+    task.export(tmp_path / "image")
+    result = main(["losses", "--export", str(tmp_path / "image"), "--shards", str(inputs.shards), "--samples", "1000",
+                   "--device", "cpu"])
+    batch = task.examples.batch(task.examples.positions, [False] * len(task.examples.positions), torch.device("cpu"))
+    with torch.no_grad():
+        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], task.stage), batch["tokens"],
+                             task.layout, task.plan.loss_slots).item()
+    assert result["stage"] == "image" and result["losses"][str(inputs.shards)] == pytest.approx(by_hand, rel=1e-5)

@@ -9,7 +9,9 @@ The clip sampling (a frame rate per video from a preset set, frames at that rate
 (Hong et al. 2023); the frame augmentation is the random-resized crop and flip of image classifiers.
 """
 
+import contextlib
 import logging
+import multiprocessing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from cogvideo_lite.data.captions import Entry, Problem, find_captions_file, load_entries
 from cogvideo_lite.data.video import (RULES, BadVideo, VideoInfo, choose_rate, choose_start, clip_span, is_feasible,
-                                      probe, read_clip, read_frames_at)
+                                      probe, read_clips, read_frames_at)
 from tokenizer.frames import read_image, to_model_frames
 
 logger = logging.getLogger(__name__)
@@ -92,21 +94,30 @@ def _check_arguments(num_frames: int, rates: list[int], size: int = 1, rule: str
         raise ValueError("; ".join(problems))
 
 
-def scan_clips(root: str | Path, num_frames: int, rates: list[int],
-               progress: bool = True) -> tuple[list[ClipSource], DatasetReport]:
-    """Load the captions and probe every listed video once. Returns the usable videos and the report.
-    ValueError naming the argument for num_frames < 1 or rates that are not distinct positive integers."""
+def _probe(entry: Entry) -> VideoInfo | BadVideo:
+    try:
+        return probe(entry.video)
+    except BadVideo as error:
+        return error
+
+
+def scan_clips(root: str | Path, num_frames: int, rates: list[int], progress: bool = True,
+               workers: int = 0) -> tuple[list[ClipSource], DatasetReport]:
+    """Load the captions and probe every listed video once (in `workers` processes, 0: in this one). Returns the
+    usable videos, in captions order, and the report. ValueError naming the argument for num_frames < 1 or rates that
+    are not distinct positive integers."""
     _check_arguments(num_frames, rates)
     entries, caption_problems = load_entries(root)
     report = DatasetReport()
     for problem in caption_problems:
         report.add(problem)
     sources = []
-    for entry in tqdm(entries, desc="probing videos", disable=not progress):
-        try:
-            info = probe(entry.video)
-        except BadVideo as error:
-            report.add(Problem(str(entry.video), error.reason, error.detail))
+    with multiprocessing.Pool(workers) if workers else contextlib.nullcontext() as pool:
+        probed = pool.imap(_probe, entries, chunksize=16) if pool else map(_probe, entries)  # both in order
+        infos = list(tqdm(probed, total=len(entries), desc="probing videos", disable=not progress))
+    for entry, info in zip(entries, infos):
+        if isinstance(info, BadVideo):
+            report.add(Problem(str(entry.video), info.reason, info.detail))
             continue
         feasible = tuple(rate for rate in sorted(rates) if is_feasible(info.duration, num_frames, rate))
         if not feasible:
@@ -147,10 +158,10 @@ class ClipDataset(SeededDataset):
     The start time is uniform over the window where the clip fits."""
 
     def __init__(self, root: str | Path, num_frames: int, rates: list[int], size: int, rule: str = "random",
-                 seed: int = 0, progress: bool = True):
+                 seed: int = 0, progress: bool = True, workers: int = 0):
         _check_arguments(num_frames, rates, size, rule)
         self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
-        self.sources, self.report = scan_clips(root, num_frames, rates, progress)
+        self.sources, self.report = scan_clips(root, num_frames, rates, progress, workers)
         self.items = self.sources
 
     def __getitem__(self, index: int) -> dict:
@@ -162,10 +173,16 @@ class ClipDataset(SeededDataset):
 
     def load_sample(self, sample: ClipSample) -> dict:
         """Read one fixed clip; same item layout as indexing. Raises BadVideo if the file fails now."""
-        source = self.sources[sample.index]
-        frames = read_clip(source.entry.video, self.num_frames, sample.rate, self.size, start=sample.start)
-        return {"frames": frames, "caption": source.entry.caption, "fps": sample.rate, "index": sample.index,
-                "video": str(source.entry.video)}
+        return self.load_samples([sample])[0]
+
+    def load_samples(self, samples: list[ClipSample]) -> list[dict]:
+        """Read fixed clips of one video, decoding it once (`read_clips`); items as `load_sample` gives them."""
+        source = self.sources[samples[0].index]
+        assert all(sample.index == samples[0].index for sample in samples), "load_samples reads one video"
+        clips = read_clips(source.entry.video, self.num_frames, self.size,
+                           [(sample.rate, sample.start) for sample in samples])
+        return [{"frames": frames, "caption": source.entry.caption, "fps": sample.rate, "index": sample.index,
+                 "video": str(source.entry.video)} for sample, frames in zip(samples, clips)]
 
 
 # ---------------------------------------------------------------------------------------------- single frames

@@ -216,13 +216,24 @@ def read_clip(path: str | Path, num_frames: int, rate: int, size: int, start: fl
     """Read `num_frames` frames at `rate` fps from `start` seconds (drawn from `rng` when None and rng given,
     else 0), resized and centre-cropped to size x size. Returns (T, 3, size, size) float32 in [-1, 1].
     Raises BadVideo "too short" when the clip does not fit."""
+    if start is None:
+        duration = _duration(open_reader(path))
+        start = choose_start(duration, num_frames, rate, rng) if is_feasible(duration, num_frames, rate) else 0.0
+    return read_clips(path, num_frames, size, [(rate, start)])[0]  # an unfitting clip: BadVideo "too short"
+
+
+def read_clips(path: str | Path, num_frames: int, size: int, clips: list[tuple[int, float]]) -> list[torch.Tensor]:
+    """Several clips of one video, each (rate, start seconds), opened and decoded once: the frames of all clips in
+    one pass, each shared frame decoded once. Returns one (T, 3, size, size) float32 in [-1, 1] per clip.
+    Raises BadVideo "too short" when a clip does not fit."""
     reader = open_reader(path)
     duration = _duration(reader)
-    if not is_feasible(duration, num_frames, rate):
-        raise BadVideo(path, "too short", f"{num_frames} frames at {rate} fps span {clip_span(num_frames, rate):.3f} s, "
-                       f"video lasts {duration:.3f} s")
-    if start is None:
-        start = choose_start(duration, num_frames, rate, rng)
-    times = start + np.arange(num_frames) / rate
-    frames = _read_indices(reader, _indices_at(reader, times, path), path)  # (T, H, W, 3) uint8
-    return to_model_frames(frames, size)
+    indices = []
+    for rate, start in clips:
+        if not is_feasible(duration, num_frames, rate):
+            raise BadVideo(path, "too short", f"{num_frames} frames at {rate} fps span "
+                           f"{clip_span(num_frames, rate):.3f} s, video lasts {duration:.3f} s")
+        indices.append(_indices_at(reader, start + np.arange(num_frames) / rate, path))  # (T,)
+    wanted, where = np.unique(np.concatenate(indices), return_inverse=True)  # each frame decoded once, in order
+    frames = to_model_frames(_read_indices(reader, wanted, path), size)  # (U, 3, size, size)
+    return [frames[torch.from_numpy(part)] for part in np.split(where, len(clips))]

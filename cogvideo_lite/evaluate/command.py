@@ -73,11 +73,17 @@ def build_parser() -> argparse.ArgumentParser:
     stages.add_argument("--count", type=int, default=24, help="shard samples at the lowest rate")
     stages.add_argument("--starts", type=int, default=28, help="captions for the first-frame check (0: skip)")
     stages.add_argument("--seed", type=int, default=0)
+    losses = modes.add_parser("losses", help="a stage export's loss on token shards (training against held-out)")
+    losses.add_argument("--export", type=Path, required=True, help="an image, key-frame or interpolation export")
+    losses.add_argument("--image", type=Path, help="the image export a video stage extends (default: the one it names)")
+    losses.add_argument("--shards", type=Path, nargs="+", required=True, help="token-shard folders to measure it on")
+    losses.add_argument("--samples", type=int, default=256, help="examples per shard folder")
+    losses.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     for mode, top_k in ((first, 20), (stages, 1)):
         mode.add_argument("--ckpt", type=Path, required=True, help="sampling bundle")
         mode.add_argument("--top-k", type=int, default=top_k)
         mode.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    for mode in (shapes, first, stages):
+    for mode in (shapes, first, stages, losses):
         mode.add_argument("--json", type=Path, help="also write the results here")
     return parser
 
@@ -86,9 +92,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.setup_logging()
-    cli.require_at_least(parser, args, seeds=1, batch_size=1, reference_clips=1, seed=0, top_k=1, count=1, starts=0)
+    cli.require_at_least(parser, args, seeds=1, batch_size=1, reference_clips=1, seed=0, top_k=1, count=1, starts=0,
+                         samples=1)
     if args.mode == "shapes":
         return shapes(parser, args)
+    if args.mode == "losses":
+        with cli.user_errors(parser, OSError, ValueError, prefix="losses"):
+            result = probes.stage_losses(args.export, args.image, args.shards, args.samples,
+                                         str(cli.device(parser, args.device)))
+        print(json.dumps(result, indent=2))
+        cli.write_json(args.json, result)
+        return result
     pipeline = cli.load_pipeline(parser, args.ckpt, args.device)
     knobs = SamplingKnobs(top_k=args.top_k)
     if args.mode == "first-frames":

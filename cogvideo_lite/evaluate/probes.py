@@ -1,4 +1,4 @@
-"""Probes of single stages on the shapes grammar (`python -m cogvideo_lite.evaluate first-frames | stages`).
+"""Probes of single stages (`python -m cogvideo_lite.evaluate first-frames | stages | losses`).
 
 `first-frames`: where a shape is lost. For every caption of the grammar (56 per shape) and seed, frame 0 is drawn from
 text alone by the image model (the frozen spatial channel every video stage builds on) and, where the bundle's
@@ -15,6 +15,10 @@ is reported per shape. The tokenizer's own share is `shapes --reference DATASET 
   by the pipeline at temperature 1: the share whose frame 0 puts the object where clips of that caption can start at
   1 fps (room left for the captioned travel), and the direction the key frames show.
 Both take their knobs from `--top-k` alone (no image expert), so that they measure the stages themselves.
+
+`losses`: a stage export's loss on token shards made with its text model and frame tokenizer, e.g. the shards it was
+trained on beside shards of clips it never saw: a stage far better on the first has memorised its clips (any data,
+not only the shapes grammar).
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cogvideo_lite.bundle.exports import SPEC_FILE, load_image_model, read_spec
+from cogvideo_lite.bundle.exports import SPEC_FILE, load_image_model, load_stage, read_spec
 from cogvideo_lite.bundle.parts import check_image_fits, resolve_parts
 from cogvideo_lite.data.shapes import SHAPES, TRAVEL_FRACTIONS, ClipSpec, all_captions, parse_caption
 from cogvideo_lite.evaluate.checker import check_frames, check_video
 from cogvideo_lite.evaluate.shapes import evaluate_checks, evaluate_videos
-from cogvideo_lite.model.stages import IMAGE, KEYFRAME, Stage
-from cogvideo_lite.prepare.shards import TokenShards
+from cogvideo_lite.model.stages import IMAGE, KEYFRAME, Stage, stage_named
+from cogvideo_lite.prepare.shards import META_FILE, TEXT_COPY, TokenShards
+from cogvideo_lite.provenance import Provenance
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes
 from cogvideo_lite.sample.knobs import SamplingKnobs
 from cogvideo_lite.sample.pipeline import Pipeline, Request, decode_codes, generate_videos
+from cogvideo_lite.text import TextTokenizer
+from cogvideo_lite.train.examples import StageExamples
 
 BATCH = 56  # captions per generation call of first-frames
 ROUNDS = 3  # stages: the true key frames are filled to (5 - 1) * 2**3 + 1 = 33 frames
@@ -149,3 +156,24 @@ def first_frame_starts(pipeline: Pipeline, count: int, seed: int) -> dict:
     return {"first_frame_model": (KEYFRAME if pipeline.keyframe_makes_first_frame else IMAGE).name,
             "captions": count, "object_in_frame_0": found, "feasible_start_share": starts / max(1, found),
             "direction_from_text_alone": directions / max(1, found)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# losses
+# ----------------------------------------------------------------------------------------------------------------
+
+def stage_losses(export: Path, image: Path | None, shard_dirs: list[Path], samples: int, device: str) -> dict:
+    """The export's mean stage loss on each shard folder (`samples` evenly spaced examples, captions kept, the clip
+    rates the stage trains on). A folder made with another text model or frame tokenizer is refused naming both."""
+    model, spec = load_stage(export, image, device)
+    stage = stage_named(spec["stage"])
+    plan = stage.plan(model.layout, bool(spec.get("learns_first_frame", False)))
+    result = {"export": str(export), "stage": stage.name, "samples": samples, "losses": {}}
+    for directory in shard_dirs:
+        shards = TokenShards(directory)
+        Provenance.of_export(spec).check(Provenance.of_shards(shards.meta), str(export / SPEC_FILE),
+                                         str(directory / META_FILE))
+        text = TextTokenizer.load(directory / TEXT_COPY)
+        examples = StageExamples(shards, stage, plan, model.layout, text, stage.clip_rates(text.rates))
+        result["losses"][str(directory)] = examples.mean_loss(model, samples)
+    return result

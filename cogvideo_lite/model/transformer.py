@@ -22,16 +22,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask
 from torch.utils.checkpoint import checkpoint
 
 from cogvideo_lite.model.layout import SequenceLayout
-from cogvideo_lite.model.attention import DualChannelAttention
+from cogvideo_lite.model.attention import AttentionMask, DenseMask, DualChannelAttention, FlexMask, SlotBlockMask
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import StageMasks, image_slots_mask, stage_masks, with_text_padding
+from cogvideo_lite.model.masks import (FLEX_BLOCK, StageMasks, flex_block_tables, flex_mask_mod, image_slots_mask,
+                                       slot_blocks, stage_masks, stage_rules, with_text_padding)
 from cogvideo_lite.model.stages import IMAGE, Stage, StagePlan
 
 INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation of linear and embedding weights
+# How the attention channels of `forward` run (`Generator.attention`): "dense" = one scaled-dot-product attention under
+# the whole boolean mask (the reference); "slots" = one per run of query rows in a slot, over only the keys it may see;
+# "flex" = FlexAttention over block masks (CUDA for training: it has no backward on CPU, and no attention dropout);
+# "auto" = skip what is masked: flex on CUDA (slots when training with dropout), slots elsewhere. Decoding passes
+# (`decode`) attend densely over the cache.
+ATTENTION_BACKENDS = ("auto", "dense", "slots", "flex")
 
 
 #################################################################################
@@ -57,10 +65,10 @@ class Block(nn.Module):
         self.feed_forward_norm = nn.LayerNorm(config.dim)
         self.feed_forward = FeedForward(config.dim, config.mlp_ratio, config.dropout)
 
-    def forward(self, x: torch.Tensor, spatial_mask: torch.Tensor, temporal_mask: torch.Tensor | None,
-                first_frame_row: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, spatial_mask: AttentionMask, temporal_mask: AttentionMask | None,
+                first_frame_row: int, layer: int) -> torch.Tensor:
         x = x + self.attention_dropout(self.attention(self.attention_norm(x), spatial_mask, temporal_mask,
-                                                      first_frame_row))
+                                                      first_frame_row, layer))
         return x + self.feed_forward(self.feed_forward_norm(x))  # (B, C, D)
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, spatial_mask: torch.Tensor,
@@ -110,6 +118,8 @@ class Generator(nn.Module):
         self.head = nn.Linear(dim, layout.codebook_size)
         self.apply(self._init_module)
         self.initialise_temporal_from_spatial()
+        self.attention = "auto"  # one of ATTENTION_BACKENDS
+        self._compiled_blocks: list[nn.Module] = []  # compile_blocks()
         self._stage_cache: dict[tuple, tuple[StageMasks, torch.Tensor]] = {}
 
     @staticmethod
@@ -146,13 +156,44 @@ class Generator(nn.Module):
             f"tokens (B, S) int64 and text_pad (B, {layout.text_length}) bool, got {tokens.dtype} {text_pad.shape}"
         masks, frame_positions = self._stage_tensors(layout, stage, tokens.device)
         x = self.token_embedding(tokens) + self._position_embedding(layout, stage, frame_positions)  # (B, S, D)
-        spatial_mask = with_text_padding(masks.spatial, text_pad)  # (B, 1, S, S)
-        temporal_mask = None if masks.temporal is None else with_text_padding(masks.temporal, text_pad)
+        backend = self._attention_backend(tokens.device)
+        spatial_mask = self._channel_mask(backend, layout, stage, masks, "spatial", text_pad, 0)
+        temporal_mask = None if masks.temporal is None else self._channel_mask(
+            backend, layout, stage, masks, "temporal", text_pad, layout.prefix_length)
         use_checkpoint = self.config.activation_checkpointing and self.training
-        for block in self.blocks:
-            arguments = (x, spatial_mask, temporal_mask, layout.prefix_length)
+        blocks = self._compiled_blocks if self.training and self._compiled_blocks else self.blocks
+        for layer, block in enumerate(blocks):
+            arguments = (x, spatial_mask, temporal_mask, layout.prefix_length, layer)
             x = checkpoint(block, *arguments, use_reentrant=False) if use_checkpoint else block(*arguments)
         return self.head(self.final_norm(x))  # (B, S, codebook_size)
+
+    def compile_blocks(self) -> None:
+        """Run each block compiled (torch.compile: fused element-wise work, FlexAttention inside the graph) in the
+        training forward; evaluation and decoding run eagerly."""
+        self._compiled_blocks = [torch.compile(block) for block in self.blocks]
+
+    def _attention_backend(self, device: torch.device) -> str:
+        """`self.attention`, with "auto" resolved (see ATTENTION_BACKENDS)."""
+        assert self.attention in ATTENTION_BACKENDS, f"attention={self.attention!r}: expected {ATTENTION_BACKENDS}"
+        if self.attention != "auto":
+            return self.attention
+        dropout = self.training and self.config.dropout > 0
+        return "flex" if device.type == "cuda" and not dropout else "slots"
+
+    def _channel_mask(self, backend: str, layout: SequenceLayout, stage: Stage, masks: StageMasks, channel: str,
+                      text_pad: torch.Tensor, query_start: int) -> AttentionMask:
+        """The mask of `channel` for query rows `query_start .. S - 1` over all S keys, with the text padding of each
+        sample, in the form `backend` attends with."""
+        window, device, stop = self.config.temporal_window, text_pad.device, layout.seq_length
+        if backend == "flex" and query_start < stop:
+            rule = stage_rules(layout, stage, window, device)[channel]
+            return FlexMask(BlockMask.from_kv_blocks(
+                *flex_block_tables(layout, stage, window, channel, query_start, stop, device), BLOCK_SIZE=FLEX_BLOCK,
+                mask_mod=flex_mask_mod(rule, text_pad, query_start), seq_lengths=(stop - query_start, stop)))
+        rows = with_text_padding(getattr(masks, channel)[query_start:], text_pad, query_start)  # (B,1,Q,S)
+        if backend == "slots" and query_start < stop:
+            return SlotBlockMask(rows, slot_blocks(layout, stage, window, channel, query_start, stop, device))
+        return DenseMask(rows)
 
     # ---------------------------------------------------------------- decoding
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, tables: DecodeTables,
@@ -273,7 +314,9 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
     if tokens.shape[1] != layout.seq_length or logits.shape[:2] != tokens.shape:
         raise ValueError(f"stage_loss: tokens {tuple(tokens.shape)} and logits {tuple(logits.shape)} do not fit "
                          f"a layout of {layout.num_frames} frames ({layout.seq_length} tokens)")
-    predictions = torch.cat([logits[:, layout.prediction_slice(slot)] for slot in loss_slots], dim=1)  # (B, N, V)
+    rows = torch.cat([torch.arange(layout.prediction_slice(slot).start, layout.prediction_slice(slot).stop)
+                      for slot in loss_slots]).to(logits.device)
+    predictions = logits[:, rows]  # (B, N, V): one gather, whose backward fills one gradient of the logits' size
     targets = torch.cat([tokens[:, layout.code_slice(slot)] for slot in loss_slots], dim=1) - layout.image_offset
     if targets.min() < 0 or targets.max() >= layout.codebook_size:
         raise ValueError(f"loss slots {tuple(loss_slots)} hold ids that are not image codes")

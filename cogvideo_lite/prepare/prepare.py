@@ -2,14 +2,15 @@
 
     python -m cogvideo_lite.prepare --data DIR --tokenizer DIR --text DIR --out DIR [--num-frames 5]
         [--rates 1,2,4,8] [--clips-per-rate 1] [--batch-size 16] [--text-length 16] [--seed 0] [--part-size 256]
-        [--steady-margin 0.05]
+        [--steady-margin 0.05] [--workers N]
 
 What it does: scans the dataset once (bad or too-short videos are skipped with a warning naming file and reason),
 then enumerates a fixed plan of clips: for every usable video (in captions-file order), every frame rate of the set
 at which `num_frames` frames fit, and `clips_per_rate` clips per rate, with the start time of clip c drawn from
-`default_rng([seed, video index, rate, c])`. Each planned clip is read, its frames encoded by the frame tokenizer
-(batched, no grad, eval mode) and its caption by the text tokenizer; shards.py stores them in parts of
-`part_size` samples.
+`default_rng([seed, video index, rate, c])`. The planned clips of a video are read together, the video decoded once
+(in `workers` processes, in plan order, while the main process encodes), their frames encoded by the frame tokenizer
+(batched, no grad, eval mode) and their caption by the text tokenizer; shards.py stores them in parts of `part_size`
+samples. The shards do not depend on the number of workers.
 
 Resumable: every sample records its position in the plan, so a re-run with the same arguments and tokenizers
 continues after the last complete part. Parts are multiples of the batch size, so every batch of a resumed run
@@ -26,6 +27,7 @@ how training reads the shards. Where the idea comes from: LlamaGen's code-extrac
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cogvideo_lite.data.captions import Problem, find_captions_file
@@ -76,11 +79,14 @@ class PrepareConfig:
     # > 0: a frame keeps the previous frame's code wherever that code is within this cosine similarity of the nearest
     # (VQVAE.encode): static content keeps its codes instead of flickering on compression noise.
     steady_margin: float = 0.0
+    workers: int = 0               # processes probing and reading videos (0: this one); the shards are the same
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)}: expected a positive integer"
                     for name in ("num_frames", "clips_per_rate", "batch_size", "text_length", "part_size")
                     if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if not isinstance(self.workers, int) or self.workers < 0:
+            problems.append(f"workers={self.workers}: expected an integer >= 0")
         if not isinstance(self.steady_margin, (int, float)) or not 0 <= self.steady_margin < 2:
             problems.append(f"steady_margin={self.steady_margin}: expected a cosine margin in [0, 2)")
         if not problems and self.part_size % self.batch_size:
@@ -262,6 +268,25 @@ def check_tokenizers(config: PrepareConfig, frame_tokenizer: VQVAE, text_tokeniz
 # Encoding
 # ----------------------------------------------------------------------------------------------------------------
 
+class VideoClips(Dataset):
+    """The planned clips grouped by video, in plan order: item k is (clips, items) of the k-th video, its items read
+    together (`ClipDataset.load_samples`), or (clips, BadVideo) when the file fails now."""
+
+    def __init__(self, dataset: ClipDataset, plan: list[PlannedClip]):
+        self.dataset = dataset
+        self.groups = [list(group) for _, group in itertools.groupby(plan, key=lambda planned: planned.clip.index)]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, index: int) -> tuple[list[PlannedClip], list[dict] | BadVideo]:
+        clips = self.groups[index]
+        try:
+            return clips, self.dataset.load_samples([planned.clip for planned in clips])
+        except BadVideo as error:
+            return clips, error
+
+
 def encode_and_write(batch: list[tuple[PlannedClip, dict]], frame_tokenizer: VQVAE, writer: ShardWriter,
                      steady_margin: float = 0.0) -> None:
     """Encode the frames of a batch of read clips and append the samples to the writer."""
@@ -301,27 +326,32 @@ def run_plan(config: PrepareConfig, data: Path, frame_tokenizer: VQVAE, text_tok
              writer: ShardWriter, summary: PrepareSummary, max_parts: int | None, progress: bool) -> None:
     """Read, encode and write the planned clips after the writer's last complete part."""
     dataset = ClipDataset(data, config.num_frames, list(config.rates), frame_tokenizer.config.image_size,
-                          seed=config.seed, progress=progress)
+                          seed=config.seed, progress=progress, workers=config.workers)
     summary.problems.extend(dataset.report.problems)
     plan = plan_clips(dataset, text_tokenizer, config, data, summary.problems)
     if not plan:
         raise ValueError(f"no usable clips in {data}: {summary.describe()}")
     first = check_written_clips(plan, writer.directory, data)
     parts_before = writer.num_parts
+    videos = VideoClips(dataset, plan[first:])
+    reader = DataLoader(videos, batch_size=None, num_workers=config.workers) if config.workers else videos
     batch: list[tuple[PlannedClip, dict]] = []
-    for planned in tqdm(plan[first:], desc="prepare", disable=not progress):
-        try:
-            batch.append((planned, dataset.load_sample(planned.clip)))
-        except BadVideo as error:
-            summary.problems.append(Problem(error.path, error.reason, error.detail))
-            logger.warning("skipping clip %d of %s: %s", planned.number, error.path, error)
-            continue
-        if len(batch) == config.batch_size:
-            encode_and_write(batch, frame_tokenizer, writer, config.steady_margin)
-            summary.written += len(batch)
-            batch = []
-            if max_parts is not None and writer.num_parts - parts_before >= max_parts:
-                return
+    with tqdm(total=len(plan) - first, desc="prepare", disable=not progress) as bar:
+        for clips, items in reader:  # one video's planned clips, in plan order
+            bar.update(len(clips))
+            if isinstance(items, BadVideo):
+                for planned in clips:
+                    summary.problems.append(Problem(items.path, items.reason, items.detail))
+                    logger.warning("skipping clip %d of %s: %s", planned.number, items.path, items)
+                continue
+            for planned, item in zip(clips, items):
+                batch.append((planned, item))
+                if len(batch) == config.batch_size:
+                    encode_and_write(batch, frame_tokenizer, writer, config.steady_margin)
+                    summary.written += len(batch)
+                    batch = []
+                    if max_parts is not None and writer.num_parts - parts_before >= max_parts:
+                        return
     encode_and_write(batch, frame_tokenizer, writer, config.steady_margin)
     summary.written += len(batch)
     writer.close()
@@ -357,6 +387,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="keep the previous frame's code where it is within this cosine similarity of the nearest "
                              "(0: nearest code always)")
     parser.add_argument("--device", default=None, help="device of the frame tokenizer (default: cuda if available)")
+    parser.add_argument("--workers", type=int, default=PrepareConfig.workers,
+                        help="processes probing and reading videos while this one encodes (default 0: none)")
     args = parser.parse_args(argv)
     cli.setup_logging()
     try:

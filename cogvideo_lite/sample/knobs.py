@@ -110,6 +110,16 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     return dict(raw)
 
 
+def missing_expert(expert_weight: float, interp_expert_weight: float | None, has_expert: bool) -> str | None:
+    """The message when an expert weight > 0 (after defaults) meets a bundle without an image expert, else None;
+    one wording for the command line and the studio."""
+    weights = [value for value in (expert_weight, interp_expert_weight) if value]
+    if weights and not has_expert:
+        return (f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert (an "
+                "expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out or at 0")
+    return None
+
+
 def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
                         interp_expert_weight: float | None = None) -> SamplingKnobs:
     """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the

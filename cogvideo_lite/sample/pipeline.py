@@ -24,6 +24,7 @@ does not know file formats (`bundle/`) nor how to write videos (`sample.py`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -140,6 +141,19 @@ class Video:
     key_indices: list[int]   # positions of the key frames within `frames`
 
 
+@dataclass
+class Step:
+    """What `generate_videos` tells its `on_step` observer after each step of a batch (frame 0, the key frames,
+    each interpolation round), e.g. to show a video filling in; an exception it raises stops the generation."""
+    batch_index: int
+    name: str              # "frame 0", "key frames", "round 1", ...
+    round: int             # interpolation rounds done: 0 for frame 0 and the key frames
+    codes: torch.Tensor    # (b, T, h, w) int64, the frames made so far in time order, at key_rate * 2**round fps
+
+
+StepObserver = Callable[[Step], None]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Checks (all before any generation)
 # ----------------------------------------------------------------------------------------------------------------
@@ -196,10 +210,12 @@ def derive_seed(seed: int, batch_index: int, step: int) -> int:
 
 def generate_videos(pipeline: Pipeline, request: Request, knobs: SamplingKnobs,
                     interpolation_knobs: SamplingKnobs | None = None, batch_size: int = 8, use_cache: bool = True,
-                    progress: bool = True, cuda_graphs: bool = True) -> list[Video]:
+                    progress: bool = True, cuda_graphs: bool = True,
+                    on_step: StepObserver | None = None) -> list[Video]:
     """The request's videos, prompt by prompt. interpolation_knobs: the rounds' own knobs (default `knobs`); greedy
     in-betweens (top_k=1) stay on the line between their neighbours while the key frames keep their variety.
-    cuda_graphs: on a GPU, replay cached passes as CUDA graphs (`Sampler`)."""
+    cuda_graphs: on a GPU, replay cached passes as CUDA graphs (`Sampler`). on_step: called with a `Step` after every
+    generation step of every batch."""
     interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
     _check(pipeline, request, (knobs, interpolation_knobs), batch_size)
     condition = pipeline.condition(request.prompts, request.key_rate)  # (P, L)
@@ -218,7 +234,8 @@ def generate_videos(pipeline: Pipeline, request: Request, knobs: SamplingKnobs,
             rows = torch.tensor([prompt for prompt, _ in batch], device=pipeline.device)
             given = None if init_codes is None else (
                 init_codes[rows] if init_codes.shape[0] > 1 else init_codes.expand(len(batch), -1, -1, -1))
-            steps = _Steps(pipeline, bar, f"batch {batch_index + 1}/{len(batches)}", request.seed, batch_index)
+            steps = _Steps(pipeline, bar, f"batch {batch_index + 1}/{len(batches)}", request.seed, batch_index,
+                           on_step)
             keys = steps.key_frames(condition.rows(rows), given, samplers[0])
             codes = steps.rounds(condition.rows(rows), keys, request.key_rate, request.rounds, samplers[1])
             frames = steps.decode(codes)  # (b, T, H, W, 3)
@@ -232,17 +249,25 @@ def generate_videos(pipeline: Pipeline, request: Request, knobs: SamplingKnobs,
 
 @dataclass
 class _Steps:
-    """The steps of one batch, each with its seed (`derive_seed`) and a line on the progress bar."""
+    """The steps of one batch, each with its seed (`derive_seed`), a line on the progress bar and, when done, a
+    `Step` for the observer."""
 
     pipeline: Pipeline
     bar: tqdm
     label: str
     seed: int
     batch_index: int
+    on_step: StepObserver | None = None
 
     def _step(self, name: str, step: int, sampler: Sampler) -> Sampler:
         self.bar.set_description(f"{self.label}: {name}")
         return replace(sampler, seed=derive_seed(self.seed, self.batch_index, step))
+
+    def _done(self, name: str, rounds: int, codes: torch.Tensor) -> None:
+        """A generation step has made `codes` (b, T, h, w) with `rounds` interpolation rounds done."""
+        self.bar.update()
+        if self.on_step is not None:
+            self.on_step(Step(self.batch_index, name, rounds, codes))
 
     def key_frames(self, condition: Condition, given: torch.Tensor | None, sampler: Sampler) -> torch.Tensor:
         """Key frames (b, T, h, w): frame 0 from the image model unless given (or made by the key-frame model),
@@ -253,11 +278,11 @@ class _Steps:
                                 device=pipeline.device)  # (b, 0, h, w): the key-frame model starts at frame 0
         if given is None:
             given = generate_image(pipeline.image, condition, self._step("frame 0", IMAGE_STEP, sampler))
-            self.bar.update()
+            self._done("frame 0", 0, given)
         if given.shape[1] == pipeline.num_key_frames:
             return given
         keys = generate_keyframes(pipeline.keyframe, condition, given, self._step("key frames", KEYFRAME_STEP, sampler))
-        self.bar.update()
+        self._done("key frames", 0, keys)
         return keys  # (b, T, h, w)
 
     def rounds(self, condition: Condition, codes: torch.Tensor, key_rate: int, rounds: int,
@@ -269,7 +294,7 @@ class _Steps:
             step = self._step(f"interpolating to {rate} fps", FIRST_ROUND_STEP + round_index, sampler)
             codes = interpolate(self.pipeline.interpolate, condition.with_rate(self.pipeline.text.fps_id(rate)),
                                 codes, step)  # (b, 2T - 1, h, w)
-            self.bar.update()
+            self._done(f"round {round_index + 1}", round_index + 1, codes)
         return codes
 
     def decode(self, codes: torch.Tensor) -> np.ndarray:

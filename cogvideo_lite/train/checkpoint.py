@@ -35,7 +35,7 @@ PARTIAL_SUFFIX = ".partial"
 COMPLETE_MARKER = "COMPLETE"
 # Keys that may change between a run and its resumption without making it another run.
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.log_every", "train.keep_checkpoints", "train.eval_every",
-                     "train.num_workers")
+                     "train.num_workers", "train.compile")
 
 
 class RunDirectoryError(RuntimeError):

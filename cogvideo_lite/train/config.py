@@ -77,6 +77,7 @@ class TrainConfig:
     precision: Str = "auto"  # auto: bf16 on GPU, float32 on CPU (exact resume; bf16 CPU speed varies by processor)
     max_bad_steps: Int = 5  # non-finite losses in a row before the run stops
     num_workers: Int = 0  # processes building micro-batches ahead (same batches as 0; use several on a GPU machine)
+    compile: Bool = False  # generator stages: torch.compile each transformer block of the training forward
     deepspeed_config: Str = "configs/deepspeed/zero2.json"  # base JSON; batch, optimizer, precision set from here
 
     def problems(self) -> list[str]:
@@ -137,6 +138,8 @@ class DataConfig:
     heldout: tuple[Str, ...] = ()  # tokenizer stage: files evaluated (never trained on) at eval time
     shards: Str = ""  # generator stages: a token-shard directory written by `prepare`
     caption_dropout: Float = 0.1  # share of samples trained with an empty caption (for classifier-free guidance)
+    # video stages: train on the shard clips of these frame rates only (default: every rate the stage can use)
+    rates: tuple[Int, ...] = ()
 
 
 @dataclass(frozen=True, config=CONFIG)
@@ -194,6 +197,8 @@ class RunConfig:
             out.append(f"data.sources: expected at least one source for the {stage.name} stage")
         if stage.is_generator and not self.data.shards:
             out.append(f"data.shards: expected a token-shard directory for the {stage.name} stage (see `prepare`)")
+        if self.data.rates and not stage.is_video:
+            out.append(f"data.rates: picks the clip rates of a video stage, not of the {stage.name} stage")
         if not 0 <= self.data.caption_dropout < 1:
             out.append(f"data.caption_dropout={self.data.caption_dropout}: expected in [0, 1)")
         if getattr(self, stage.section) is None:
@@ -227,6 +232,9 @@ class RunConfig:
             out.append(f"eval.shards, eval.tokenizer: the {stage.name} stage evaluates on data.heldout instead")
         if self.eval.clips < 1:
             out.append(f"eval.clips={self.eval.clips}: expected an integer >= 1")
+        if self.train.compile and not stage.is_generator:
+            out.append(f"train.compile: compiles the generator's transformer blocks; the {stage.name} stage runs "
+                       "eagerly")
         if self.init_fresh and (stage is not TOKENIZER or not self.init_from):
             out.append("init_fresh: names modules of a tokenizer warm start (tokenizer stage with init_from) that start "
                        "fresh")

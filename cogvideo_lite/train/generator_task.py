@@ -35,14 +35,13 @@ from cogvideo_lite.prepare.shards import META_FILE, TEXT_COPY, TokenShards
 from cogvideo_lite.provenance import CheckpointMismatch, Provenance, require_same, sha256_file
 from cogvideo_lite.text import TextTokenizer
 from cogvideo_lite.train.config import RunConfig
+from cogvideo_lite.train.examples import StageExamples
 from cogvideo_lite.train.probe import StageProbe
 from cogvideo_lite.train.tasks import StepOutput
 
 logger = logging.getLogger(__name__)
 
 CAPTION_DROPOUT_STREAM = 7  # salt that separates the caption-dropout draws from other per-sample randomness
-HELDOUT_SAMPLES = 256  # samples of the held-out loss (evenly spaced over the eval shards)
-HELDOUT_BATCH = 32  # samples per forward pass of the held-out loss
 
 
 class GeneratorObjective(nn.Module):
@@ -96,10 +95,12 @@ class GeneratorTask:
                           "rates": list(self.text.rates)}
         self.image_dir = Path(config.image_checkpoint) / "model" if self.stage.is_video else None
         self.model = self._build_model()
+        if config.train.compile:
+            self.model.compile_blocks()
         self.module = GeneratorObjective(self.model, self.stage, self.layout, config.learn_first_frame,
                                          config.change_weight)
         self.plan = self.module.plan
-        self.indices = self._sample_indices(self.shards)
+        self.examples = self._examples_of(self.shards)
         self.probe = self._build_probe()
 
     # -- building ---------------------------------------------------------------------------------------------------
@@ -141,14 +142,18 @@ class GeneratorTask:
         logger.info("%s stage: temporal weights start from %s%s", self.stage.name, directory,
                     " (trained on other image weights)" if self.config.init_from_other_image else "")
 
-    def _sample_indices(self, shards: TokenShards) -> list[int]:
-        if not self.stage.is_video:
-            return list(range(len(shards) * shards.meta["num_frames"]))  # (sample, frame) pairs flattened
+    def _clip_rates(self) -> tuple[int, ...]:
+        """The frame rates of the clips this run trains on: `data.rates`, else every rate the stage can use."""
         rates = self.stage.clip_rates(self.text.rates)
-        indices = shards.indices_with_rate(rates)
-        logger.info("%s stage: %d of %d shard samples in %s have a usable rate %s", self.stage.name, len(indices),
-                    len(shards), shards.directory, rates)
-        return indices
+        unusable = sorted(set(self.config.data.rates) - set(rates))
+        if unusable:
+            raise ValueError(f"data.rates: the {self.stage.name} stage trains on clips at {rates} fps, not at {unusable}")
+        return tuple(sorted(self.config.data.rates)) or rates
+
+    def _examples_of(self, shards: TokenShards) -> StageExamples:
+        examples = StageExamples(shards, self.stage, self.plan, self.layout, self.text, self._clip_rates())
+        logger.info("%s stage: %d examples in %s", self.stage.name, len(examples.positions), shards.directory)
+        return examples
 
     def _build_probe(self) -> StageProbe:
         """The eval-time measures (train/probe.py) on `eval.shards` (checked to come from the training shards'
@@ -160,8 +165,8 @@ class GeneratorTask:
             Provenance.of_shards(shards.meta).check(self.provenance, where, self.where)
             for key in ("num_frames", "grid", "text_length", "rates"):
                 require_same(f"shard {key}", shards.meta[key], self.shards.meta[key], where, self.where)
-        return StageProbe(self.stage, self.plan, self.layout, self.text, shards, heldout, self.config.eval.tokenizer,
-                          self.config.eval.clips)
+        return StageProbe(self.stage, self.plan, self.layout, self.text, shards, self._examples_of(shards) if heldout
+                          else None, self._clip_rates()[0], self.config.eval)
 
     # -- Task interface ---------------------------------------------------------------------------------------------
 
@@ -169,46 +174,11 @@ class GeneratorTask:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def num_samples(self) -> int:
-        return len(self.indices)
+        return len(self.examples.positions)
 
     def batch(self, items: list[tuple[int, int]], step: int, device: torch.device) -> dict[str, Any]:
         dropped = [self._drop_caption(epoch, index) for epoch, index in items]
-        return self._examples(self.shards, [self.indices[index] for _, index in items], dropped, device)
-
-    def _examples(self, shards: TokenShards, positions: list[int], dropped: list[bool],
-                  device: torch.device) -> dict[str, Any]:
-        """The batch of the samples at `positions` (entries of `_sample_indices(shards)`), captions dropped where
-        `dropped` says."""
-        texts, fps_ids, codes = [], [], []
-        frames_per_sample = shards.meta["num_frames"]
-        for position, drop in zip(positions, dropped):
-            if self.stage.is_video:
-                item = shards[position]
-                clip = item["codes"][list(self.plan.frame_positions)]  # (T, h, w) in slot order
-            else:
-                sample, frame = divmod(position, frames_per_sample)
-                item = shards[sample]
-                clip = item["codes"][frame:frame + 1]  # (1, h, w)
-            texts.append(torch.full_like(item["text"], self.text.pad_id) if drop else item["text"])
-            fps_ids.append(self.text.fps_id(item["fps"]))
-            codes.append(clip)
-        text_ids = torch.stack(texts)  # (B, L)
-        tokens = self.layout.assemble(text_ids, torch.tensor(fps_ids), torch.stack(codes), self.text.boi_id)
-        return {"tokens": tokens.to(device), "text_pad": (text_ids == self.text.pad_id).to(device)}
-
-    @torch.no_grad()
-    def _mean_loss(self, shards: TokenShards) -> float:
-        """The stage's loss over (at most HELDOUT_SAMPLES evenly spaced) samples of `shards`, captions kept."""
-        positions = self._sample_indices(shards)
-        positions = positions[::max(1, len(positions) // HELDOUT_SAMPLES)][:HELDOUT_SAMPLES]
-        device = next(self.model.parameters()).device
-        total = 0.0
-        for start in range(0, len(positions), HELDOUT_BATCH):
-            chunk = positions[start:start + HELDOUT_BATCH]
-            batch = self._examples(shards, chunk, [False] * len(chunk), device)
-            logits = self.model(batch["tokens"], batch["text_pad"], self.stage)
-            total += stage_loss(logits.float(), batch["tokens"], self.layout, self.plan.loss_slots).item() * len(chunk)
-        return total / len(positions)
+        return self.examples.batch([self.examples.positions[index] for _, index in items], dropped, device)
 
     def _drop_caption(self, epoch: int, index: int) -> bool:
         rate = self.config.data.caption_dropout
@@ -226,7 +196,7 @@ class GeneratorTask:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.probe.measure(self.model, self._mean_loss)
+            return self.probe.measure(self.model)
         finally:
             self.model.train(was_training)
 

@@ -32,12 +32,15 @@ import torch
 from cogvideo_lite.data.shapes import parse_caption
 from cogvideo_lite.evaluate.checker import check_video
 from cogvideo_lite.model.layout import SequenceLayout
+from cogvideo_lite.model.masks import stage_masks, with_text_padding
 from cogvideo_lite.model.stages import KEYFRAME, Stage, StagePlan
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.prepare.shards import TokenShards
 from cogvideo_lite.provenance import sha256_file
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
 from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.train.config import EvalConfig
+from cogvideo_lite.train.examples import StageExamples
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +68,11 @@ def previous_frame_attention(model: Generator, tokens: torch.Tensor, text_pad: t
         for hook in hooks:
             hook.remove()
     same = torch.arange(layout.tokens_per_frame)
+    temporal_mask = with_text_padding(stage_masks(layout, stage, model.config.temporal_window).temporal.to(
+        tokens.device), text_pad)  # (B, 1, S, S)
     shares = []
     for layer, block in enumerate(model.blocks):
-        x, _, temporal_mask = inputs[layer][:3]  # x (B, S, D) normalised; mask (B, 1, S, S)
+        x = inputs[layer][0]  # (B, S, D) normalised
         batch, length, dim = x.shape
         heads = block.attention.heads
         query, key, _ = block.attention.temporal_qkv(x).view(batch, length, 3, heads, dim // heads).unbind(2)
@@ -90,17 +95,17 @@ class StageProbe:
     """The eval-time measures of one generator run (module docstring)."""
 
     def __init__(self, stage: Stage, plan: StagePlan, layout: SequenceLayout, text, shards: TokenShards,
-                 heldout: bool, tokenizer_dir: str, clips: int):
+                 heldout: StageExamples | None, key_rate: int, config: EvalConfig):
+        """shards: where the probed clips come from; heldout: the examples of the held-out loss (None: no held-out
+        shards); key_rate: the rate of the probed clips (the lowest the stage trains at); config: the `eval` section."""
         self.stage, self.plan, self.layout, self.text = stage, plan, layout, text
-        self.shards, self.heldout = shards, heldout
-        rates = sorted(shards.meta["rates"])
-        self.key_rate = self.stage.clip_rates(tuple(rates))[0]  # the lowest rate the stage trains at
-        indices = shards.indices_with_rate([self.key_rate])[:clips]
+        self.shards, self.heldout, self.key_rate = shards, heldout, key_rate
+        indices = shards.indices_with_rate([key_rate])[:config.clips]
         items = [shards[index] for index in indices]
         self.codes = torch.stack([item["codes"] for item in items])  # (N, T, h, w) in time order
         self.text_ids = torch.stack([item["text"] for item in items])  # (N, L)
         self.captions = [shards.source(index)["caption"] for index in indices]
-        self.tokenizer = self._load_tokenizer(tokenizer_dir) if tokenizer_dir else None
+        self.tokenizer = self._load_tokenizer(config.tokenizer) if config.tokenizer else None
 
     def _load_tokenizer(self, directory: str):
         from tokenizer.io import WEIGHTS_FILE, load_tokenizer
@@ -114,12 +119,12 @@ class StageProbe:
 
     # ---------------------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def measure(self, model: Generator, loss_of) -> dict[str, float]:
-        """All measures of this stage. loss_of(shards) -> mean stage loss over them (the held-out loss)."""
+    def measure(self, model: Generator) -> dict[str, float]:
+        """All measures of this stage, of `model` in eval mode."""
         device = next(model.parameters()).device
         results: dict[str, float] = {}
-        if self.heldout:
-            results["heldout_loss"] = loss_of(self.shards)
+        if self.heldout is not None:
+            results["heldout_loss"] = self.heldout.mean_loss(model)
         text_ids, text_pad = self.text_ids.to(device), (self.text_ids == self.text.pad_id).to(device)
         codes = self.codes.to(device)
         fps_ids = torch.full((len(codes),), self.text.fps_id(self.key_rate), device=device)

@@ -37,6 +37,7 @@ from cogvideo_lite.data.video import BadVideo, read_clip
 from cogvideo_lite.model.stages import INTERPOLATE, KEYFRAME, Stage
 from cogvideo_lite.provenance import write_atomic
 from cogvideo_lite.sample.pipeline import Pipeline, Request, Video, encode_frames, generate_videos
+from cogvideo_lite.sample.schedule import parse_mode
 from cogvideo_lite.text import EXAMPLE_PROMPT, blank_prompt_problem, prompt_token_problem
 
 logger = logging.getLogger("sample")
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same arguments -> same videos)")
     cli.add_sampling_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=8, help="(prompt, sample) pairs generated together")
-    parser.add_argument("--no-cache", action="store_true", help="recompute every step (slow reference path)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="recompute the whole sequence every pass (slow reference path; exact decode modes)")
     given = parser.add_mutually_exclusive_group()
     given.add_argument("--init-video", type=Path, help="its first --init-frames frames become the first key frames")
     given.add_argument("--interpolate-video", type=Path,
@@ -210,6 +212,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     pipeline = cli.load_pipeline(parser, args.ckpt, args.device)
     knobs, rounds_knobs = cli.sampling_knobs(parser, args, pipeline)
     cli.require_at_least(parser, args, num_samples=1, batch_size=1, seed=0)
+    if args.no_cache and not parse_mode(knobs.decode).is_exact:
+        parser.error(f"--no-cache with --decode {knobs.decode}: an approximate mode decodes through the KV cache only; "
+                     "pass --decode exact (or sequential) to run the uncached reference")
     if args.init_frames is not None and args.init_video is None:
         parser.error("--init-frames has no effect without --init-video; add --init-video PATH or drop it")
     rate, rounds = cli.rate_and_rounds(parser, pipeline.rates, args.fps, args.rounds)

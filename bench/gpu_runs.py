@@ -6,6 +6,8 @@ A run list:
 
     bench: 80              # first `bench.gpu_bench` alone on the card for that many seconds (its --budget: the jobs
                            # that fit, most important first), for clean timings (default false: none)
+    benchmarks:            # then these `bench.<module>` scripts alone on the card, one after the other
+      - {module: sample_speed, name: sample-small, limit: 150, args: [--size, small, --device, cuda]}
     groups:                # one after the other; the runs of a group side by side on the one card
       - limit: 160         # seconds a run of the group may take; one cut off is published from its newest checkpoint
         runs:
@@ -22,6 +24,7 @@ A run list:
 
 `{image}` in a value stands for the picked image run (`runs/<name>`, default `runs/image-tiny`, which gpu.sh points at
 the shipped image stage), `{image_dropout}` for its model's dropout (a video stage's model config must equal it).
+A benchmark writes --json <out>/<name>.json and its table to <out>/<name>.txt.
 Everything comes back under --out: report.txt (each run's last log lines, each evaluation's table), gpu_bench.json,
 and the runs with their logs, exports and evaluations (runs.tgz.part-*, split under 16 MiB). The run lists of the
 shipped models are bench/runs/tokenizer.yaml, generator.yaml and video_stages.yaml.
@@ -163,6 +166,11 @@ def main(argv: list[str] | None = None) -> None:
                            "--budget", str(plan["bench"])], log, plan["bench"] + BENCH_OVERRUN, args.dry_run)
         if code is not None:
             report += [f"== gpu_bench (exit {code})", *log.read_text(errors="replace").splitlines()[-40:]]
+    for entry in plan.get("benchmarks", []):
+        command = [sys.executable, "-m", f"bench.{entry['module']}", *map(str, entry.get("args", [])), "--json",
+                   str(args.out / f"{entry['name']}.json")]
+        code = run_to_end(command, args.out / f"{entry['name']}.txt", entry["limit"], args.dry_run)
+        report.append(f"== {entry['name']} (exit {code}): {args.out / entry['name']}.txt")
     for group in plan.get("groups", []):
         started = [(run, start(train_command(run, image), ROOT / "runs" / f"{run['name']}.log", group["limit"],
                                args.dry_run)) for run in group["runs"]]

@@ -114,6 +114,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                              "expert/ part)")
     parser.add_argument("--interp-expert-weight", type=float,
                         help="the image expert's weight in the interpolation rounds (default: as --expert-weight)")
+    parser.add_argument("--decode", metavar="MODE",
+                        help="how many codes a pass of the generator draws: 'sequential' (one; the reference order), "
+                             "'exact' (the default: every code as soon as all it sees is drawn, several frames per "
+                             "pass under a local temporal window; the same codes as sequential), or 'diagonal-R-F' "
+                             "(approximate, any model: a row starts R codes after the row above, a frame F rows after "
+                             "the frame before; about 2x faster on the shipped bundle, at a measured cost in quality: "
+                             "BENCHMARKS.md)")
     parser.epilog = ((parser.epilog or "") + "\nSampling knobs left out take the bundle's recommended values "
                      "(its sampling.json), else the defaults above.").strip()
 
@@ -156,7 +163,7 @@ def sampling_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
                                                          pipeline.expert is not None)):
         parser.error(error)
     knobs = SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.cfg,
-                          expert_weight=args.expert_weight)
+                          expert_weight=args.expert_weight, decode=args.decode)
     return knobs, interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)
 
 

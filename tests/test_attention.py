@@ -38,39 +38,31 @@ def model_for(window, dtype=torch.float64) -> Generator:
     return model
 
 
-def forward(model: Generator, backend: str, stage, tokens: torch.Tensor, cuts: list[int] | None = None) -> torch.Tensor:
-    """Logits of the whole sequence, uncached, or through the KV cache in chunks cut at `cuts`."""
+def forward(model: Generator, backend: str, stage, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of the whole sequence (decoding passes over the KV cache: tests/test_transformer.py, test_schedule.py)."""
     model.attention = backend
     with torch.no_grad():
-        if cuts is None:
-            return model(tokens, TEXT_PAD, stage)
-        cache = model.new_cache(len(tokens), model.layout.frames_for_length(tokens.shape[1]), stage)
-        return torch.cat([model(tokens[:, start:stop], TEXT_PAD, stage, cache=cache)
-                          for start, stop in zip(cuts, cuts[1:])], dim=1)
+        return model(tokens, TEXT_PAD, stage)
 
 
 @pytest.mark.parametrize("window", [None, WINDOW])
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("backend", ["slots", "flex"])
-def test_backends_equal_the_dense_reference_uncached_and_cached(backend, stage, window):
+def test_backends_equal_the_dense_reference(backend, stage, window):
     layout = LAYOUT.with_frames(1) if stage is IMAGE else LAYOUT
     model = model_for(window)
     tokens = tokens_for(layout)
     reference = forward(model, "dense", stage, tokens)
     torch.testing.assert_close(forward(model, backend, stage, tokens), reference, rtol=0, atol=1e-12)
-    given = layout.prefix_length + len(stage.plan(layout).given_slots) * layout.slot_length
-    cuts = sorted({0, given, given + 1, given + 4, layout.seq_length - 1, layout.seq_length})  # prefill, then chunks
-    torch.testing.assert_close(forward(model, backend, stage, tokens, cuts), reference, rtol=0, atol=1e-12)
 
 
-def test_auto_skips_masked_blocks_uncached_and_attends_densely_cached():
+def test_auto_skips_masked_blocks():
     model = model_for(None)
-    assert (model._attention_backend(torch.device("cpu"), cached=False), model._attention_backend(
-        torch.device("cpu"), cached=True), model._attention_backend(torch.device("cuda"), cached=False)) == (
-        "slots", "dense", "flex")
+    assert (model._attention_backend(torch.device("cpu")), model._attention_backend(torch.device("cuda"))) == (
+        "slots", "flex")
     model.config = GeneratorConfig(dim=32, depth=2, heads=2, dropout=0.1)
-    assert model.train()._attention_backend(torch.device("cuda"), cached=False) == "slots"  # flex has no dropout
-    assert model.eval()._attention_backend(torch.device("cuda"), cached=False) == "flex"
+    assert model.train()._attention_backend(torch.device("cuda")) == "slots"  # flex has no dropout
+    assert model.eval()._attention_backend(torch.device("cuda")) == "flex"
 
 
 # ---------------------------------------------------------------------------------------- FlexAttention's block tables

@@ -4,6 +4,7 @@ smoke run of the GPU benchmark, and the YAML run lists of the GPU runs. No speed
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -129,10 +130,11 @@ def test_gpu_bench_without_a_gpu_says_so():
         gpu_bench([])
 
 
-@pytest.mark.parametrize("name", ["tokenizer", "generator", "video_stages", "throughput"])
+@pytest.mark.parametrize("name", ["tokenizer", "generator", "video_stages", "throughput", "sampling"])
 def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     """The YAML run lists of the GPU runs: each run's config exists, names are unique, evaluations name runs of the
-    list, and a dry run prints one train.py command per run and the benchmark where the list asks for it."""
+    list, and a dry run prints one train.py command per run, the benchmark where the list asks for it, and one
+    command per entry of its benchmarks, whose arguments parse."""
     import yaml
 
     from bench.gpu_runs import main as gpu_runs
@@ -148,6 +150,11 @@ def test_gpu_run_lists_name_configs_and_runs_that_exist(name, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("train.py --config") == len(runs)
     assert out.count("-m bench.gpu_bench") == bool(plan.get("bench"))
+    benchmarks = plan.get("benchmarks", [])
+    assert all(out.count(f"-m bench.{entry['module']}") >= 1 for entry in benchmarks)
+    for entry in benchmarks:  # argparse accepts the arguments (a bad one exits)
+        parser = importlib.import_module(f"bench.{entry['module']}").build_parser()
+        parser.parse_args([*map(str, entry.get("args", [])), "--json", str(tmp_path / "x")])
 
 
 def test_gpu_run_list_bench_wants_seconds(tmp_path):

@@ -6,7 +6,7 @@ import torch
 from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.config import GeneratorConfig
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
-from cogvideo_lite.sample.knobs import SamplingKnobs, filter_logits, guided_logits, sample_token
+from cogvideo_lite.sample.knobs import SamplingKnobs, code_noise, filter_logits, guided_logits, sample_token
 from cogvideo_lite.model.transformer import Generator
 
 LAYOUT = SequenceLayout(text_length=4, num_frames=5, grid=(2, 2), text_vocab_size=20, codebook_size=16)
@@ -34,10 +34,20 @@ def random_logits(seed: int = 0, shape: tuple[int, int] = (64, 16)) -> torch.Ten
 
 def test_top_k_one_and_tiny_top_p_are_argmax():
     logits = random_logits()
-    generator = torch.Generator().manual_seed(0)
-    assert torch.equal(sample_token(logits, SamplingKnobs(top_k=1), generator), logits.argmax(dim=-1))
-    assert torch.equal(sample_token(logits, SamplingKnobs(top_p=1e-6), generator), logits.argmax(dim=-1))
-    assert torch.equal(sample_token(logits, SamplingKnobs(temperature=1e-4), generator), logits.argmax(dim=-1))
+    noise = code_noise(*logits.shape, torch.Generator().manual_seed(0))
+    assert torch.equal(sample_token(logits, SamplingKnobs(top_k=1), None), logits.argmax(dim=-1))
+    assert torch.equal(sample_token(logits, SamplingKnobs(top_p=1e-6), noise), logits.argmax(dim=-1))
+    assert torch.equal(sample_token(logits, SamplingKnobs(temperature=1e-4), noise), logits.argmax(dim=-1))
+
+
+def test_a_draw_is_torch_multinomial_with_the_same_random_numbers():
+    logits = random_logits(shape=(16, 1024))
+    knobs = SamplingKnobs(top_k=20)
+    probabilities = filter_logits(logits, 20, 1.0).softmax(dim=-1)
+    for seed in range(20):
+        expected = torch.multinomial(probabilities, 1, generator=torch.Generator().manual_seed(seed))[:, 0]
+        noise = code_noise(*logits.shape, torch.Generator().manual_seed(seed))
+        assert torch.equal(sample_token(logits, knobs, noise), expected)
 
 
 def test_filters_keep_exactly_the_brute_force_sets():
@@ -60,7 +70,8 @@ def test_filters_keep_exactly_the_brute_force_sets():
 def test_sampling_frequencies_follow_the_tempered_softmax():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(40000, 1)
     for temperature in (0.5, 2.0):
-        draws = sample_token(logits, SamplingKnobs(temperature=temperature), torch.Generator().manual_seed(1))
+        noise = code_noise(*logits.shape, torch.Generator().manual_seed(1))
+        draws = sample_token(logits, SamplingKnobs(temperature=temperature), noise)
         frequencies = torch.bincount(draws, minlength=4).double() / draws.numel()
         expected = (logits[0].double() / temperature).softmax(dim=-1)
         torch.testing.assert_close(frequencies, expected, rtol=0, atol=0.01)

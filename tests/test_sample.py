@@ -76,7 +76,7 @@ def test_prompts_file_samples_and_knobs(bundle, tmp_path):
     assert all((out / name).is_file() for name in names)
     knobs = json.loads((out / "samples.json").read_text())["knobs"]
     assert knobs == {"temperature": 0.8, "top_k": 5, "top_p": 0.9, "guidance_scale": 2.0,
-                     "expert_weight": 0.0}
+                     "expert_weight": 0.0, "decode": "exact"}
 
 
 def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bundle, tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_a_bundles_recommended_knobs_fill_in_what_the_command_line_leaves_out(bu
         listing = json.loads((tmp_path / out / "samples.json").read_text())
         return listing["knobs"], listing["interpolation_knobs"]["top_k"]
 
-    plain = {"top_p": 1.0, "guidance_scale": 1.0, "expert_weight": 0.0}
+    plain = {"top_p": 1.0, "guidance_scale": 1.0, "expert_weight": 0.0, "decode": "exact"}
     assert knobs_of([], "a") == ({"temperature": 0.5, "top_k": 3, **plain}, 1)
     assert knobs_of(["--top-k", "7", "--temperature", "1"], "b") == (
         {"temperature": 1.0, "top_k": 7, **plain}, 1)  # given flags win
@@ -120,10 +120,12 @@ def test_bundle_recommend_reads_knob_values_and_names_a_bad_one():
     assert parse_recommendations(["top_k=20", "interp_top_k=1", "temperature=0.9", "cfg=2"]) == {
         "top_k": 20, "interp_top_k": 1, "temperature": 0.9, "cfg": 2.0}
     assert parse_recommendations(["top_k=none", "top_p=0.9"]) == {"top_k": None, "top_p": 0.9}
+    assert parse_recommendations(["decode=diagonal-2-3"]) == {"decode": "diagonal-2-3"}
     for items, message in ((["top_k"], "expected name=value"), (["top_k=abc"], "'abc' is not a number"),
                            (["topk=3"], "unknown sampling knob(s) topk"), (["top_p=2"], "top_p=2.0"),
                            (["interp_top_k=0"], "interp_top_k=0"), (["cfg=-1"], "cfg=-1.0"),
-                           (["top_p=none"], "top_p=None")):
+                           (["top_p=none"], "top_p=None"),
+                           (["decode=diagonal-0-2"], "decode='diagonal-0-2': expected sequential, exact, or")):
         with pytest.raises(BundleError, match=re.escape(message)):
             parse_recommendations(items)
 
@@ -163,6 +165,8 @@ def test_each_invalid_input_fails_before_writing_anything(bundle, clip, tmp_path
         (["--interp-top-k", "0"], "--interp-top-k 0: must be an integer >= 1; leave it out to use --top-k"),
         (["--expert-weight", "-1"], "--expert-weight -1.0: must be a number >= 0; 0 turns the expert off"),
         (["--interp-expert-weight", "-0.1"], "--interp-expert-weight -0.1: must be a number >= 0"),
+        (["--decode", "fast"], "--decode fast: must be sequential, exact, or diagonal-R-F"),
+        (["--decode", "diagonal-2-2", "--no-cache"], "--no-cache with --decode diagonal-2-2: an approximate mode"),
         (["--num-samples", "0"], "--num-samples 0: must be >= 1"),
         (["--rounds", "4"], r"--rounds 4: from 1 fps the rates \(1, 2, 4, 8\) allow 0..3 interpolation rounds"),
         (["--fps", "4", "--rounds", "2"], r"--rounds 2: from 4 fps .* allow 0..1"),

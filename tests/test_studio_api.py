@@ -50,7 +50,7 @@ def test_generate_returns_a_33_frame_mp4_and_gif(studio, video, tmp_path):
     assert (video["num_frames"], video["fps"], video["key_rate"], video["rounds"]) == (33, 8, 1, 3)
     assert video["key_indices"] == [0, 8, 16, 24, 32] and video["seed"] == 3 and video["prompt"] == PROMPT
     assert video["knobs"] == {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
-                              "expert_weight": 0.0, "interp_expert_weight": None}  # no sampling.json: built-ins
+                              "expert_weight": 0.0, "interp_expert_weight": None, "decode": "exact"}  # built-ins
     assert video["made_by"][:5] == ["image", "round 3", "round 2", "round 3", "round 1"]
     status, content, headers = studio.request(video["mp4"])
     assert status == 200 and headers["content-type"] == "video/mp4"
@@ -107,7 +107,7 @@ def test_the_stream_shows_key_frames_first_then_each_round(studio):
                                                      "interpolation rounds; pass rounds 1 or fewer, or a lower fps"),
     ({"prompt": PROMPT, "seed": -1}, 400, f"seed -1: must be an integer >= 0 (at most {2 ** 63 - 1})"),
     ({"prompt": PROMPT, "steps": 9}, 400, "unknown field(s) steps; expected some of prompt, seed, fps, rounds, "
-     "temperature, top_k, interp_top_k, top_p, cfg, expert_weight, interp_expert_weight"),
+     "temperature, top_k, interp_top_k, top_p, cfg, expert_weight, interp_expert_weight, decode"),
     (b"x" * (64 * 1024 + 1), 413, f'request body over 65536 bytes; send a JSON object like {{"prompt": "{PROMPT}"}}'),
 ])
 def test_bad_requests_are_refused_with_sample_py_wording(studio, body, status, message):

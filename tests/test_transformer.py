@@ -118,37 +118,62 @@ def test_fresh_keyframe_model_equals_image_model_on_frame_zero():
     torch.testing.assert_close(keyframe_logits, image_logits, rtol=0, atol=1e-12)
 
 
-# ------------------------------------------------------------------ KV cache
+# ------------------------------------------------------------------ decoding over the static KV cache
+def decode_in_chunks(model, layout, stage, tokens, cuts):
+    """Prefill positions 0 .. cuts[0] - 1, then decode the chunks between cuts; the logits of every decoded position."""
+    tables = model.decode_tables(layout, stage, tokens.device)
+    cache = model.new_cache(tables, TEXT_PAD)
+    prefill = torch.arange(cuts[0])
+    cache.show(prefill)
+    model.decode(tokens[:, :cuts[0]], prefill, cache, tables, layout.prefix_length)
+    chunks = []
+    for start, stop in zip(cuts, cuts[1:]):
+        positions = torch.arange(start, stop)
+        cache.show(positions)
+        chunks.append(model.decode(tokens[:, start:stop], positions, cache, tables))
+    return torch.cat(chunks, dim=1), cache
+
+
 @pytest.mark.parametrize("stage", [IMAGE, KEYFRAME, INTERPOLATE])
-def test_cached_chunks_equal_uncached_forward(stage):
+def test_decoding_passes_equal_the_uncached_forward(stage):
     layout = LAYOUT.with_frames(1) if stage is IMAGE else LAYOUT
     model = make_model(dtype=torch.float32)
     set_mixing(model, 0.3)  # away from the symmetric start
     tokens = make_tokens(layout)
     known = layout.prefix_length + len(stage.plan(layout).given_slots) * layout.slot_length
-    cuts = sorted({0, known, known + 2, known + 3, layout.seq_length - 1, layout.seq_length})
-    cache = model.new_cache(2, layout.num_frames, stage)
+    cuts = sorted({known, known + 1, known + 3, known + 4, layout.seq_length - 1, layout.seq_length})
     with torch.no_grad():
         full = model(tokens, TEXT_PAD, stage)
-        chunks = [model(tokens[:, start:stop], TEXT_PAD, stage, cache=cache) for start, stop in zip(cuts, cuts[1:])]
-    torch.testing.assert_close(torch.cat(chunks, dim=1), full, rtol=0, atol=1e-5)
-    assert cache.length == layout.seq_length
+        decoded, cache = decode_in_chunks(model, layout, stage, tokens, cuts)
+    torch.testing.assert_close(decoded, full[:, known:], rtol=0, atol=1e-5)
+    assert cache.visible[:, layout.text_length:].all() and torch.equal(cache.visible[:, :layout.text_length],
+                                                                       ~TEXT_PAD)
 
 
-def test_cache_rejects_overflow_and_wrong_stage():
-    model = make_model()
+def test_a_hidden_position_is_seen_by_its_own_query_only():
+    """A stand-in fed at a position without `show` is seen by its own query only: a later query sees what it would
+    see if that position were never fed, until the true token is fed there and shown."""
+    model, stage = make_model(), KEYFRAME
     tokens = make_tokens(LAYOUT)
-    cache = model.new_cache(2, LAYOUT.num_frames, KEYFRAME)
-    with pytest.raises(AssertionError, match="made for stage 'keyframe'"):
-        model(tokens[:, :3], TEXT_PAD, INTERPOLATE, cache=cache)
-    with pytest.raises(AssertionError, match="ends at position 3, inside a bidirectional region"):
-        model(tokens[:, :3], TEXT_PAD, KEYFRAME, cache=cache)
-    given_frames = model.new_cache(2, LAYOUT.num_frames, INTERPOLATE)
-    with pytest.raises(AssertionError, match="ends at position 7, inside a bidirectional region"):
-        model(tokens[:, :7], TEXT_PAD, INTERPOLATE, cache=given_frames)
-    model(tokens, TEXT_PAD, KEYFRAME, cache=cache)
-    with pytest.raises(AssertionError, match="exceeds the sequence length"):
-        model(tokens[:, :1], TEXT_PAD, KEYFRAME, cache=cache)
+    known = LAYOUT.prefix_length + LAYOUT.slot_length  # frame 0 given
+    tables = model.decode_tables(LAYOUT, stage, tokens.device)
+    stand_in, later = torch.tensor([known + 2]), torch.tensor([known + 3])
+    with torch.no_grad():
+        full = model(tokens, TEXT_PAD, stage)
+        _, cache = decode_in_chunks(model, LAYOUT, stage, tokens, [known, known + 2])
+        model.decode(tokens[:, known:known + 1], stand_in, cache, tables)  # a wrong token at known + 2, hidden
+        cache.show(later)
+        hidden = model.decode(tokens[:, known + 3:known + 4], later, cache, tables)[:, 0]
+        cache.show(stand_in)
+        model.decode(tokens[:, known + 2:known + 3], stand_in, cache, tables)  # the true token, shown
+        seen = model.decode(tokens[:, known + 3:known + 4], later, cache, tables)[:, 0]
+        blind = model.new_cache(tables, TEXT_PAD)  # every position up to known + 3 but known + 2, fed and shown
+        positions = torch.tensor([p for p in range(known + 4) if p != known + 2])
+        blind.show(positions)
+        never_fed = model.decode(tokens[:, positions], positions, blind, tables, LAYOUT.prefix_length)[:, -1]
+    torch.testing.assert_close(hidden, never_fed, rtol=0, atol=1e-10)
+    torch.testing.assert_close(seen, full[:, known + 3], rtol=0, atol=1e-10)
+    assert not torch.allclose(hidden, seen)
 
 
 # ------------------------------------------------------------------ loss and training

@@ -45,15 +45,16 @@ WEIGHT_FILES = {TOKENIZER.name: WEIGHTS_FILE, TEXT_PART: None, EXPERT_PART: IMAG
                 **{stage.name: stage.weights_file for stage in GENERATOR_STAGES}}
 
 
-def parse_recommendations(items: list[str]) -> dict[str, float | int | None]:
-    """`name=value` strings (--recommend) -> a checked knob mapping; value `none` clears top_k / interp_top_k."""
-    raw: dict[str, float | int | None] = {}
+def parse_recommendations(items: list[str]) -> dict[str, float | int | str | None]:
+    """`name=value` strings (--recommend) -> a checked knob mapping; value `none` clears top_k / interp_top_k; the
+    decode mode stays text."""
+    raw: dict[str, float | int | str | None] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
             raise BundleError(f"--recommend {item}: expected name=value, e.g. top_k=20")
         try:
-            raw[name] = None if value.lower() in ("none", "null") else (
+            raw[name] = value if name == "decode" else None if value.lower() in ("none", "null") else (
                 int(value) if name in ("top_k", "interp_top_k") else float(value))
         except ValueError as error:
             raise BundleError(f"--recommend {item}: {value!r} is not a number") from error

@@ -6,14 +6,18 @@ QKV) and its own output projection (also a copy, so that a fresh video model equ
 frame that sees no other frame). Outputs are mixed per token and per hidden dimension after each
 channel's projection: `out = sigmoid(a) * spatial + (1 - sigmoid(a)) * temporal`, `a` (D,) starting at 0.
 Prefix tokens use the spatial channel only; without a temporal mask (image stage) out = spatial.
-An `AttentionRecorder` set on a layer's `recorder` sees every call's queries, keys and dense mask (the studio's
-attention inspector computes the weights of the query it shows from them); it changes nothing.
+An `AttentionRecorder` set on a layer's `recorder` sees every call of `forward` with its queries, keys and dense mask
+(the studio's attention inspector computes the weights of the query it shows from them); it changes nothing.
 With both channels, their QKV are one matmul over the concatenated weights: the parameters stay two layers (names,
 checkpoints, the frozen / trainable split), and the gradient reaches only the weights that require it.
 
-How a channel attends is its mask's business (`DenseMask`, `SlotBlockMask`, `FlexMask`, one `attend` each): the
-same result, from one scaled-dot-product attention under the whole boolean mask (the reference), from one per
-slot over the keys the slot may see, or from FlexAttention over a block mask.
+`forward` runs whole sequences (training, the uncached reference); `decode` runs the queries of one decoding pass at
+any positions over a static `KVCache`, both channels on every query (a pass feeds frame positions only), under
+additive masks made once per pass.
+
+How a channel attends in `forward` is its mask's business (`DenseMask`, `SlotBlockMask`, `FlexMask`, one `attend`
+each): the same result, from one scaled-dot-product attention under the whole boolean mask (the reference), from one
+per slot over the keys the slot may see, or from FlexAttention over a block mask.
 
 Knows nothing of the layout beyond where the frame positions of the chunk begin, nor of the stage rules:
 masks arrive ready. Idea: Hong et al. 2023 (CogVideo), section 3.2.
@@ -31,9 +35,9 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from cogvideo_lite.model.cache import KVCache
 
-# (layer, channel, queries (B, heads, R, head_dim) of the chunk's rows first_row.., keys (B, heads, K, head_dim), their
-# mask (B, 1, R, K) bool, first_row); the weights the channel uses are softmax(q k^T / sqrt(head_dim)) over the keys
-# the mask allows.
+# (layer, channel, queries (B, heads, R, head_dim) of the rows first_row.., keys (B, heads, S, head_dim), their mask
+# (B, 1, R, S) bool, first_row); the weights the channel uses are softmax(q k^T / sqrt(head_dim)) over the keys the
+# mask allows.
 AttentionRecorder = Callable[[int, str, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
 
 
@@ -141,7 +145,7 @@ class DualChannelAttention(nn.Module):
         self.temporal_qkv = nn.Linear(dim, 3 * dim)
         self.temporal_proj = nn.Linear(dim, dim)
         self.mixing = nn.Parameter(torch.zeros(dim))  # sigmoid(0) = 0.5: both channels weigh the same
-        self.recorder: AttentionRecorder | None = None  # an observer of every call (the studio's inspector)
+        self.recorder: AttentionRecorder | None = None  # an observer of every forward call (the studio's inspector)
         self.copy_spatial_to_temporal()
 
     @torch.no_grad()
@@ -151,30 +155,70 @@ class DualChannelAttention(nn.Module):
         self.temporal_proj.load_state_dict(self.spatial_proj.state_dict())
 
     def forward(self, x: torch.Tensor, spatial_mask: AttentionMask, temporal_mask: AttentionMask | None,
-                first_frame_row: int, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        """x (B, C, D), normalised chunk; the spatial mask covers its C rows, the temporal mask its rows from
-        `first_frame_row` on (the frame positions), both over K = filled cache + C keys. Returns (B, C, D)."""
+                first_frame_row: int, layer: int = 0) -> torch.Tensor:
+        """x (B, C, D), normalised sequence; the spatial mask covers its C rows, the temporal mask its rows from
+        `first_frame_row` on (the frame positions), both over the C keys; `layer` names the call to the recorder.
+        Returns (B, C, D)."""
         if temporal_mask is None:
-            return self.spatial_proj(self._attend(self.spatial_qkv(x), spatial_mask, 0, cache, layer, "spatial"))
+            return self.spatial_proj(self._attend(self.spatial_qkv(x), spatial_mask, 0, layer, "spatial"))
         spatial_qkv, temporal_qkv = fused_qkv(x, self.spatial_qkv, self.temporal_qkv)
-        spatial = self.spatial_proj(self._attend(spatial_qkv, spatial_mask, 0, cache, layer, "spatial"))
-        temporal = self._attend(temporal_qkv, temporal_mask, first_frame_row, cache, layer, "temporal")
-        temporal = self.temporal_proj(temporal)  # (B, C - first_frame_row, D)
-        gate = torch.sigmoid(self.mixing)  # (D,)
-        frames = gate * spatial[:, first_frame_row:] + (1 - gate) * temporal
-        return torch.cat([spatial[:, :first_frame_row], frames], dim=1)  # (B, C, D)
+        spatial = self.spatial_proj(self._attend(spatial_qkv, spatial_mask, 0, layer, "spatial"))
+        temporal = self.temporal_proj(self._attend(temporal_qkv, temporal_mask, first_frame_row, layer, "temporal"))
+        return self._mixed(spatial, temporal, first_frame_row)  # (B, C, D)
 
-    def _attend(self, qkv: torch.Tensor, mask: AttentionMask, first_row: int, cache: KVCache | None, layer: int,
+    def _attend(self, qkv: torch.Tensor, mask: AttentionMask, first_row: int, layer: int,
                 channel: str) -> torch.Tensor:
-        """Attention of rows `first_row..` of the chunk over all visible keys; qkv (B, C, 3D).
+        """Attention of rows `first_row..` over the keys the mask allows; qkv (B, C, 3D).
         Returns (B, C - first_row, D)."""
-        batch, length, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
-        query, key, value = qkv.view(batch, length, 3, self.heads, dim // self.heads).unbind(2)
-        query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # (B, heads, C, head_dim)
-        if cache is not None:
-            key, value = cache.store(layer, channel, key, value)  # (B, heads, K, head_dim)
+        query, key, value = self._heads(qkv)  # (B, heads, C, head_dim)
         if self.recorder is not None:
             assert isinstance(mask, DenseMask), "a recorder reads the dense mask: set Generator.attention = 'dense'"
             self.recorder(layer, channel, query[:, :, first_row:], key, mask.mask, first_row)
         out = mask.attend(query[:, :, first_row:], key, value, self.dropout if self.training else 0.0)
-        return out.transpose(1, 2).reshape(batch, length - first_row, dim)  # (B, C - first_row, D)
+        return self._merged(out)  # (B, C - first_row, D)
+
+    # ---------------------------------------------------------------- decoding over a static cache
+    def decode(self, x: torch.Tensor, positions: torch.Tensor, spatial_mask: torch.Tensor,
+               temporal_mask: torch.Tensor | None, cache: KVCache, layer: int, first_frame_row: int) -> torch.Tensor:
+        """x (B, K, D), the normalised queries of one pass at `positions` (K,) int64; masks (B, 1, K, S') additive
+        (0 or -inf) over cached positions 0 .. S' - 1; queries from `first_frame_row` on are frame positions (0 but in
+        a prefill of the prefix). Writes the queries' keys and values into `cache`. Returns (B, K, D)."""
+        if temporal_mask is None:
+            return self.spatial_proj(self._attend_cached(self.spatial_qkv(x), positions, spatial_mask, 0, cache, layer,
+                                                         "spatial"))
+        spatial_qkv, temporal_qkv = fused_qkv(x, self.spatial_qkv, self.temporal_qkv)
+        spatial = self.spatial_proj(self._attend_cached(spatial_qkv, positions, spatial_mask, 0, cache, layer,
+                                                        "spatial"))
+        temporal = self.temporal_proj(self._attend_cached(temporal_qkv, positions, temporal_mask, first_frame_row,
+                                                          cache, layer, "temporal"))
+        return self._mixed(spatial, temporal, first_frame_row)  # (B, K, D)
+
+    def _attend_cached(self, qkv: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, first_row: int,
+                       cache: KVCache, layer: int, channel: str) -> torch.Tensor:
+        """One channel: write the keys and values of all K queries (qkv (B, K, 3D)), then attend from rows
+        `first_row..` over the cache's first S' positions. Returns (B, K - first_row, D)."""
+        query, key, value = self._heads(qkv)  # (B, heads, K, head_dim)
+        keys, values = cache.write(layer, channel, positions, key, value)  # (B, heads, S, head_dim)
+        visible = slice(0, mask.shape[-1])
+        out = F.scaled_dot_product_attention(query[:, :, first_row:], keys[:, :, visible], values[:, :, visible],
+                                             attn_mask=mask[:, :, first_row:])  # (B, heads, K - first_row, head_dim)
+        return self._merged(out)
+
+    # ---------------------------------------------------------------- shared by both
+    def _heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qkv (B, C, 3D) -> query, key, value (B, heads, C, head_dim)."""
+        batch, length, dim = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
+        query, key, value = qkv.view(batch, length, 3, self.heads, dim // self.heads).unbind(2)
+        return tuple(t.transpose(1, 2) for t in (query, key, value))
+
+    @staticmethod
+    def _merged(out: torch.Tensor) -> torch.Tensor:
+        """(B, heads, C, head_dim) -> (B, C, D)."""
+        return out.transpose(1, 2).flatten(2)
+
+    def _mixed(self, spatial: torch.Tensor, temporal: torch.Tensor, first_frame_row: int) -> torch.Tensor:
+        """spatial (B, C, D) and temporal (B, C - first_frame_row, D) outputs -> (B, C, D): the frame rows mixed per
+        hidden dimension, the prefix rows spatial alone."""
+        gate = torch.sigmoid(self.mixing)  # (D,)
+        frames = gate * spatial[:, first_frame_row:] + (1 - gate) * temporal
+        return frames if first_frame_row == 0 else torch.cat([spatial[:, :first_frame_row], frames], dim=1)

@@ -1,42 +1,50 @@
-"""Key/value cache for incremental decoding, an explicit object passed to the generator's forward.
+"""Static key/value cache for decoding, an explicit object passed to the generator's `decode`.
 
-Holds, per layer and per attention channel, keys and values (B, heads, S_max, head_dim) and the number of
-positions filled. A chunk of tokens at positions `length .. length + C - 1` writes its keys and values and
-attends over everything filled so far through the rows of the same full stage masks the uncached forward
-uses, so cached and uncached decoding are the same math.
+Holds, per layer and per attention channel, keys and values (B, heads, S, head_dim) preallocated to the whole
+sequence, and `visible` (B, S) bool: the positions whose keys a query may attend to (written with their true token,
+and not text padding). A decoding pass writes the keys and values of its query positions by index, wherever they are
+(several frames and rows at once), and attends over all S positions through the stage mask's rows AND `visible`; so the
+shapes of a pass depend on the number of its queries only, never on how far decoding has come.
 
-Knows nothing of masks beyond remembering the stage (and so the channels) it was made for.
-The explicit-object design follows karpathy/nanochat's KVCache.
+A position may be written and kept hidden (`show` not called): an approximate decoder feeds a stand-in token at a
+position whose true code is not drawn yet, to predict the code after it; the true token overwrites it later.
+
+Knows nothing of masks or of which positions a pass feeds. The explicit-object design follows karpathy/nanochat's
+KVCache; the static, index-written layout follows gpt-fast and LlamaGen.
 """
 
 from __future__ import annotations
 
 import torch
 
-from cogvideo_lite.model.stages import Stage
-
 
 class KVCache:
-    def __init__(self, stage: Stage, shape: tuple[int, int, int, int, int], like: torch.Tensor) -> None:
-        """shape (depth, B, heads, S_max, head_dim) per channel of `stage`, in the dtype and on the device of
-        `like`."""
-        self.keys = {channel: like.new_zeros(shape) for channel in stage.channels}
-        self.values = {channel: like.new_zeros(shape) for channel in stage.channels}
-        self.stage = stage
-        self.max_length = shape[3]
-        self.length = 0  # positions filled in every layer
+    def __init__(self, channels: tuple[str, ...], shape: tuple[int, int, int, int, int], like: torch.Tensor,
+                 text_pad: torch.Tensor) -> None:
+        """shape (depth, B, heads, S, head_dim) per channel in `channels`, in the dtype and on the device of `like`;
+        text_pad (B, L) bool, True at pads: those positions never become visible."""
+        depth, batch, _, length, _ = shape
+        self.keys = {channel: like.new_zeros(shape) for channel in channels}
+        self.values = {channel: like.new_zeros(shape) for channel in channels}
+        self.visible = torch.zeros(batch, length, dtype=torch.bool, device=like.device)
+        self.showable = torch.ones(batch, length, dtype=torch.bool, device=like.device)  # False at text pads
+        self.showable[:, :text_pad.shape[1]] = ~text_pad
+        self.depth = depth
 
-    def store(self, layer: int, channel: str, keys: torch.Tensor,
+    @property
+    def length(self) -> int:
+        """S, the positions the cache holds."""
+        return self.visible.shape[1]
+
+    def write(self, layer: int, channel: str, positions: torch.Tensor, keys: torch.Tensor,
               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write a chunk's keys and values (B, heads, C, head_dim) after the filled positions.
+        """Write keys and values (B, heads, K, head_dim) of `positions` (K,) int64. Returns the layer's keys and values
+        of all S positions, each (B, heads, S, head_dim)."""
+        layer_keys, layer_values = self.keys[channel][layer], self.values[channel][layer]
+        layer_keys.index_copy_(2, positions, keys)
+        layer_values.index_copy_(2, positions, values)
+        return layer_keys, layer_values
 
-        Returns keys and values of positions 0 .. length + C - 1, each (B, heads, length + C, head_dim).
-        """
-        stop = self.length + keys.shape[2]
-        self.keys[channel][layer, :, :, self.length:stop] = keys
-        self.values[channel][layer, :, :, self.length:stop] = values
-        return self.keys[channel][layer, :, :, :stop], self.values[channel][layer, :, :, :stop]
-
-    def advance(self, count: int) -> None:
-        """Mark `count` more positions filled (after every layer stored them)."""
-        self.length += count
+    def show(self, positions: torch.Tensor) -> None:
+        """Make `positions` (K,) int64 visible to every later query (and to this pass's), text pads excepted."""
+        self.visible.index_copy_(1, positions, self.showable.index_select(1, positions))

@@ -6,7 +6,10 @@ Frame-level rules (F full, C causal within the slot, . none) for the TEMPORAL ch
   order they are generated); given slots see each other bidirectionally, generated slots see every given
   slot, earlier generated slots, and themselves causally. Any odd slot count works the same way.
 - an optional local window (frames, rows, cols radii) restricts what a frame token sees of OTHER slots: slots within
-  `frames` true frames, and there codes within `rows` x `cols` of its own grid position (a BOI has no position).
+  `frames` true frames, and there codes within `rows` x `cols` of its own grid position. A BOI stands at row 0,
+  column 0, the grid position of the code it predicts: a slot's first code then sees only the first window rows of the
+  slots before it, so a frame can start before the one before it ends (exact parallel decoding across frames,
+  `sample/schedule.py`).
 The SPATIAL channel sees the prefix and its own slot: bidirectionally for given slots, causally otherwise.
 Prefix (text + fps token): bidirectional over the non-pad prefix and blind to what follows; frame tokens
 see the non-pad prefix in both channels. Pad keys are never attended; a pad query attends to itself only.
@@ -72,8 +75,8 @@ class MaskRule:
 
     slot (S,) int64: the frame slot of each position, T (one past the last slot) for the prefix;
     visibility (T + 1, T + 1) int64: slot-to-slot codes with the prefix as slot T (it sees itself fully, frames see it
-    fully, it sees no frame); frame, row, col (S,) int64: true frame index and grid position (-1 for a BOI; only read
-    under a window); is_code (S,) bool; window: (frames, rows, cols) radii or None.
+    fully, it sees no frame); frame, row, col (S,) int64: true frame index and grid position (a BOI's is that of the
+    code it predicts, row 0, column 0; only read under a window); window: (frames, rows, cols) radii or None.
     """
 
     slot: torch.Tensor
@@ -81,7 +84,6 @@ class MaskRule:
     frame: torch.Tensor
     row: torch.Tensor
     col: torch.Tensor
-    is_code: torch.Tensor
     window: tuple[int, int, int] | None
 
     def allows(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
@@ -92,31 +94,30 @@ class MaskRule:
         if self.window is None:
             return allowed
         frames, rows, cols = self.window
-        near_grid = (((self.row[query] - self.row[key]).abs() <= rows) & ((self.col[query] - self.col[key]).abs() <= cols)
-                     | ~(self.is_code[query] & self.is_code[key]))  # a BOI has no grid position
+        near_grid = (((self.row[query] - self.row[key]).abs() <= rows)
+                     & ((self.col[query] - self.col[key]).abs() <= cols))  # a BOI stands where its code does
         near = ((self.frame[query] - self.frame[key]).abs() <= frames) & near_grid
         prefix = len(self.visibility) - 1
         return allowed & (near | (query_slot == key_slot) | (key_slot == prefix))
 
     def to(self, device: torch.device) -> MaskRule:
-        return MaskRule(*(getattr(self, name).to(device) for name in ("slot", "visibility", "frame", "row", "col",
-                                                                       "is_code")), self.window)
+        return MaskRule(*(getattr(self, name).to(device) for name in ("slot", "visibility", "frame", "row", "col")),
+                        self.window)
 
 
-def _rule(layout: SequenceLayout, plan: StagePlan, visibility: torch.Tensor,
+def _rule(layout: SequenceLayout, frame_positions: tuple[int, ...], visibility: torch.Tensor,
           window: tuple[int, int, int] | None) -> MaskRule:
     num_slots, n, width = layout.num_frames, layout.slot_length, layout.grid[1]
     in_prefix = torch.zeros(layout.prefix_length, dtype=torch.long)  # the prefix's (unused) frame, row and column
-    code = torch.arange(n).repeat(num_slots) - 1  # (T*n,): index of the code in its frame, -1 for the BOI
+    code = (torch.arange(n) - 1).clamp(min=0).repeat(num_slots)  # (T*n,): raster index of the code; a BOI at 0
     table = torch.full((num_slots + 1, num_slots + 1), _NONE, dtype=torch.long)
     table[:num_slots, :num_slots] = visibility
     table[:, num_slots] = _FULL  # everything sees the prefix, which sees no frame
     return MaskRule(slot=torch.cat([in_prefix + num_slots, torch.arange(num_slots).repeat_interleave(n)]),
                     visibility=table,
-                    frame=torch.cat([in_prefix, torch.tensor(plan.frame_positions).repeat_interleave(n)]),
-                    row=torch.cat([in_prefix - 1, torch.where(code >= 0, code // width, -1)]),
-                    col=torch.cat([in_prefix - 1, torch.where(code >= 0, code % width, -1)]),
-                    is_code=torch.cat([in_prefix.bool(), code >= 0]), window=window)
+                    frame=torch.cat([in_prefix, torch.tensor(frame_positions).repeat_interleave(n)]),
+                    row=torch.cat([in_prefix, code // width]), col=torch.cat([in_prefix, code % width]),
+                    window=window)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +127,7 @@ def stage_rules(layout: SequenceLayout, stage: Stage, temporal_window: tuple[int
     if device != torch.device("cpu"):
         return {channel: rule.to(device) for channel, rule in stage_rules(layout, stage, temporal_window).items()}
     plan = stage.plan(layout)
-    return {channel: _rule(layout, plan, slot_visibility(plan, channel),
+    return {channel: _rule(layout, plan.frame_positions, slot_visibility(plan, channel),
                            temporal_window if channel == "temporal" else None) for channel in stage.channels}
 
 
@@ -142,6 +143,16 @@ def stage_masks(layout: SequenceLayout, stage: Stage,
     masks = {channel: rule.allows(positions[:, None], positions[None, :])
              for channel, rule in stage_rules(layout, stage, temporal_window).items()}
     return StageMasks(masks["spatial"], masks.get("temporal"))
+
+
+@functools.lru_cache(maxsize=None)
+def image_slots_mask(layout: SequenceLayout) -> torch.Tensor:
+    """(S, S) bool: every slot an image of its own, seeing the prefix and itself causally, as the image stage's
+    spatial mask does for its one slot (an image model decoding several slots side by side). Cached."""
+    causal_slots = torch.diag(torch.full((layout.num_frames,), _CAUSAL, dtype=torch.long))
+    rule = _rule(layout, tuple(range(layout.num_frames)), causal_slots, None)
+    positions = torch.arange(layout.seq_length)
+    return rule.allows(positions[:, None], positions[None, :])
 
 
 def pad_table(text_pad: torch.Tensor, length: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ sampling. Layout ideas: nanoGPT (model shape), DiT (section banners), CogVideo (
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +29,16 @@ from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.attention import AttentionMask, DenseMask, DualChannelAttention, FlexMask, SlotBlockMask
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.config import GeneratorConfig
-from cogvideo_lite.model.masks import (FLEX_BLOCK, StageMasks, flex_block_tables, flex_mask_mod, slot_blocks,
-                                       stage_masks, stage_rules, with_text_padding)
-from cogvideo_lite.model.stages import Stage, StagePlan
+from cogvideo_lite.model.masks import (FLEX_BLOCK, StageMasks, flex_block_tables, flex_mask_mod, image_slots_mask,
+                                       slot_blocks, stage_masks, stage_rules, with_text_padding)
+from cogvideo_lite.model.stages import IMAGE, Stage, StagePlan
 
 INIT_STD = 0.02  # GPT-2 / nanoGPT initialisation of linear and embedding weights
-# How the attention channels run (`Generator.attention`): "dense" = one scaled-dot-product attention under the whole
-# boolean mask (the reference); "slots" = one per run of query rows in a slot, over only the keys it may see; "flex" =
-# FlexAttention over block masks (CUDA for training: it has no backward on CPU, and no attention dropout); "auto" =
-# the uncached forward (training, scoring) skips what it masks: flex on CUDA (slots when training with dropout), slots
-# elsewhere; cached chunks (sampling) attend densely.
+# How the attention channels of `forward` run (`Generator.attention`): "dense" = one scaled-dot-product attention under
+# the whole boolean mask (the reference); "slots" = one per run of query rows in a slot, over only the keys it may see;
+# "flex" = FlexAttention over block masks (CUDA for training: it has no backward on CPU, and no attention dropout);
+# "auto" = skip what is masked: flex on CUDA (slots when training with dropout), slots elsewhere. Decoding passes
+# (`decode`) attend densely over the cache.
 ATTENTION_BACKENDS = ("auto", "dense", "slots", "flex")
 
 
@@ -65,10 +66,16 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config.dim, config.mlp_ratio, config.dropout)
 
     def forward(self, x: torch.Tensor, spatial_mask: AttentionMask, temporal_mask: AttentionMask | None,
-                first_frame_row: int, cache: KVCache | None, layer: int) -> torch.Tensor:
-        attended = self.attention(self.attention_norm(x), spatial_mask, temporal_mask, first_frame_row, cache, layer)
-        x = x + self.attention_dropout(attended)
+                first_frame_row: int, layer: int) -> torch.Tensor:
+        x = x + self.attention_dropout(self.attention(self.attention_norm(x), spatial_mask, temporal_mask,
+                                                      first_frame_row, layer))
         return x + self.feed_forward(self.feed_forward_norm(x))  # (B, C, D)
+
+    def decode(self, x: torch.Tensor, positions: torch.Tensor, spatial_mask: torch.Tensor,
+               temporal_mask: torch.Tensor | None, cache: KVCache, layer: int, first_frame_row: int) -> torch.Tensor:
+        x = x + self.attention.decode(self.attention_norm(x), positions, spatial_mask, temporal_mask, cache, layer,
+                                      first_frame_row)
+        return x + self.feed_forward(self.feed_forward_norm(x))  # (B, K, D)
 
 
 def _is_temporal(name: str) -> bool:
@@ -79,6 +86,18 @@ def _is_temporal(name: str) -> bool:
 #################################################################################
 #                                   Generator                                   #
 #################################################################################
+
+@dataclass(frozen=True)
+class DecodeTables:
+    """What every decoding pass over sequences of one layout and stage reads, made once per generation call:
+    positions (S, D) position embeddings; spatial, temporal (S, S) bool stage masks (temporal None: spatial channel
+    only); columns (S,) int64, 0 .. S - 1."""
+
+    positions: torch.Tensor
+    spatial: torch.Tensor
+    temporal: torch.Tensor | None
+    columns: torch.Tensor
+
 
 class Generator(nn.Module):
     def __init__(self, config: GeneratorConfig, layout: SequenceLayout) -> None:
@@ -126,85 +145,102 @@ class Generator(nn.Module):
                 block.attention.mixing.fill_(math.log(share / (1 - share)))  # the logit: sigmoid(mixing) = share
 
     # ---------------------------------------------------------------- forward
-    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: Stage,
-                cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, C, codebook_size) of the codes each position predicts.
+    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: Stage) -> torch.Tensor:
+        """Logits (B, S, codebook_size) of the codes each position predicts.
 
-        tokens (B, C) int64 joint-vocabulary ids: the whole sequence (C = S of some frame count), or with
-        `cache`, the next chunk after `cache.length` filled positions. text_pad (B, L) bool, True at pads.
+        tokens (B, S) int64 joint-vocabulary ids, the whole sequence of some frame count; text_pad (B, L) bool, True at
+        pads.
         """
-        start = 0 if cache is None else cache.length
-        stop = start + tokens.shape[1]
-        layout = self.layout.with_frames(self.layout.frames_for_length(stop if cache is None else cache.max_length))
+        layout = self.layout.with_frames(self.layout.frames_for_length(tokens.shape[1]))
         assert tokens.dtype == torch.long and text_pad.shape == (tokens.shape[0], layout.text_length), \
-            f"tokens (B, C) int64 and text_pad (B, {layout.text_length}) bool, got {tokens.dtype} {text_pad.shape}"
-        if cache is not None:
-            self._assert_chunk_fits(cache, layout, stage, start, stop)
+            f"tokens (B, S) int64 and text_pad (B, {layout.text_length}) bool, got {tokens.dtype} {text_pad.shape}"
         masks, frame_positions = self._stage_tensors(layout, stage, tokens.device)
-        positions = self._position_embedding(layout, stage, frame_positions)[start:stop]  # (C, D)
-        x = self.token_embedding(tokens) + positions  # (B, C, D)
-        first_frame_row = min(max(layout.prefix_length - start, 0), tokens.shape[1])
-        backend = self._attention_backend(tokens.device, cache is not None)
-        spatial_mask = self._channel_mask(backend, layout, stage, masks, "spatial", text_pad, start, stop)
+        x = self.token_embedding(tokens) + self._position_embedding(layout, stage, frame_positions)  # (B, S, D)
+        backend = self._attention_backend(tokens.device)
+        spatial_mask = self._channel_mask(backend, layout, stage, masks, "spatial", text_pad, 0)
         temporal_mask = None if masks.temporal is None else self._channel_mask(
-            backend, layout, stage, masks, "temporal", text_pad, start + first_frame_row, stop)
-        use_checkpoint = self.config.activation_checkpointing and self.training and cache is None
-        blocks = self._compiled_blocks if self.training and cache is None and self._compiled_blocks else self.blocks
+            backend, layout, stage, masks, "temporal", text_pad, layout.prefix_length)
+        use_checkpoint = self.config.activation_checkpointing and self.training
+        blocks = self._compiled_blocks if self.training and self._compiled_blocks else self.blocks
         for layer, block in enumerate(blocks):
-            arguments = (x, spatial_mask, temporal_mask, first_frame_row, cache, layer)
+            arguments = (x, spatial_mask, temporal_mask, layout.prefix_length, layer)
             x = checkpoint(block, *arguments, use_reentrant=False) if use_checkpoint else block(*arguments)
-        if cache is not None:
-            cache.advance(tokens.shape[1])
-        return self.head(self.final_norm(x))  # (B, C, codebook_size)
+        return self.head(self.final_norm(x))  # (B, S, codebook_size)
 
     def compile_blocks(self) -> None:
         """Run each block compiled (torch.compile: fused element-wise work, FlexAttention inside the graph) in the
-        training forward; evaluation and cached chunks, whose lengths vary, run eagerly."""
+        training forward; evaluation and decoding run eagerly."""
         self._compiled_blocks = [torch.compile(block) for block in self.blocks]
 
-    def new_cache(self, batch_size: int, num_frames: int, stage: Stage) -> KVCache:
-        """An empty cache for sequences of `num_frames` slots in `stage` (image: spatial channel only)."""
-        layout = self.layout.with_frames(num_frames)
-        stage.plan(layout)  # validates the frame count for the stage
-        shape = (self.config.depth, batch_size, self.config.heads, layout.seq_length, self.config.head_dim)
-        return KVCache(stage, shape, self.head.weight)
-
-    def _assert_chunk_fits(self, cache: KVCache, layout: SequenceLayout, stage: Stage, start: int, stop: int) -> None:
-        """A cached chunk belongs to the cache's stage, fits in it, and does not end inside a bidirectional region
-        (the prefix, a given slot): its positions would miss keys that come later, and the cache cannot revisit
-        them. Python and CPU checks only: no device sync."""
-        assert cache.stage is stage, f"cache was made for stage {cache.stage.name!r}, forward called for {stage.name!r}"
-        assert stop <= cache.max_length, (f"chunk of {stop - start} after {start} cached positions exceeds the "
-                                          f"sequence length {cache.max_length}")
-        masks = stage_masks(layout, stage, self.config.temporal_window)  # the CPU copies
-        assert not any(mask is not None and mask[start:stop, stop:].any() for mask in (masks.spatial, masks.temporal)), (
-            f"cached chunk ends at position {stop}, inside a bidirectional region (the prefix or a given frame); "
-            "feed that region in one chunk")
-
-    def _attention_backend(self, device: torch.device, cached: bool) -> str:
+    def _attention_backend(self, device: torch.device) -> str:
         """`self.attention`, with "auto" resolved (see ATTENTION_BACKENDS)."""
         assert self.attention in ATTENTION_BACKENDS, f"attention={self.attention!r}: expected {ATTENTION_BACKENDS}"
         if self.attention != "auto":
             return self.attention
-        if cached:
-            return "dense"
         dropout = self.training and self.config.dropout > 0
         return "flex" if device.type == "cuda" and not dropout else "slots"
 
     def _channel_mask(self, backend: str, layout: SequenceLayout, stage: Stage, masks: StageMasks, channel: str,
-                      text_pad: torch.Tensor, query_start: int, stop: int) -> AttentionMask:
-        """The mask of `channel` for query rows `query_start .. stop - 1` over keys `0 .. stop - 1`, with the text
-        padding of each sample, in the form `backend` attends with."""
-        window, device = self.config.temporal_window, text_pad.device
+                      text_pad: torch.Tensor, query_start: int) -> AttentionMask:
+        """The mask of `channel` for query rows `query_start .. S - 1` over all S keys, with the text padding of each
+        sample, in the form `backend` attends with."""
+        window, device, stop = self.config.temporal_window, text_pad.device, layout.seq_length
         if backend == "flex" and query_start < stop:
             rule = stage_rules(layout, stage, window, device)[channel]
             return FlexMask(BlockMask.from_kv_blocks(
                 *flex_block_tables(layout, stage, window, channel, query_start, stop, device), BLOCK_SIZE=FLEX_BLOCK,
                 mask_mod=flex_mask_mod(rule, text_pad, query_start), seq_lengths=(stop - query_start, stop)))
-        rows = with_text_padding(getattr(masks, channel)[query_start:stop, :stop], text_pad, query_start)  # (B,1,Q,K)
+        rows = with_text_padding(getattr(masks, channel)[query_start:], text_pad, query_start)  # (B,1,Q,S)
         if backend == "slots" and query_start < stop:
             return SlotBlockMask(rows, slot_blocks(layout, stage, window, channel, query_start, stop, device))
         return DenseMask(rows)
+
+    # ---------------------------------------------------------------- decoding
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, tables: DecodeTables,
+               first_frame_row: int = 0, key_limit: int | None = None) -> torch.Tensor:
+        """Logits (B, K, codebook_size) of the codes the queries predict: one decoding pass.
+
+        tokens (B, K) int64 joint-vocabulary ids at `positions` (K,) int64 of the sequence that `tables` describes.
+        Their keys and values are written into `cache`; each query attends to the positions its stage mask row allows
+        and `cache.visible` holds, and to itself. Queries before `first_frame_row` are prefix positions, which use the
+        spatial channel alone (a prefill); a pass feeds frame positions only. key_limit: attend over positions
+        0 .. key_limit - 1 only, exact when no query sees a later position (none does but in a bidirectional given
+        slot); None: all S, static shapes for a captured graph. Nothing reads a tensor's value on the host.
+        """
+        x = self.token_embedding(tokens) + tables.positions.index_select(0, positions)  # (B, K, D)
+        keys = slice(0, key_limit)
+        allowed = cache.visible[:, None, keys] | (positions[:, None] == tables.columns[keys])  # (B, K, S')
+        spatial_mask = _additive(tables.spatial.index_select(0, positions)[:, keys] & allowed, x.dtype)
+        temporal_mask = None if tables.temporal is None else _additive(
+            tables.temporal.index_select(0, positions)[:, keys] & allowed, x.dtype)
+        for layer, block in enumerate(self.blocks):
+            x = block.decode(x, positions, spatial_mask, temporal_mask, cache, layer, first_frame_row)
+        return self.head(self.final_norm(x))  # (B, K, codebook_size)
+
+    def decode_tables(self, layout: SequenceLayout, stage: Stage, device: torch.device) -> DecodeTables:
+        """What every pass of decoding sequences of `layout` in `stage` reads."""
+        masks, frame_positions = self._stage_tensors(layout, stage, device)
+        return self._decode_tables(layout, stage, frame_positions, masks)
+
+    def image_slot_tables(self, layout: SequenceLayout, device: torch.device) -> DecodeTables:
+        """Decoding the slots of `layout` side by side with the spatial channel alone, each slot an image of its own
+        (an image model beside a video stage)."""
+        spatial = image_slots_mask(layout).to(device)
+        return self._decode_tables(layout, IMAGE, None, StageMasks(spatial, None))
+
+    def _decode_tables(self, layout: SequenceLayout, stage: Stage, frame_positions: torch.Tensor | None,
+                       masks: StageMasks) -> DecodeTables:
+        with torch.no_grad():
+            positions = self._position_embedding(layout, stage, frame_positions)  # (S, D)
+        columns = torch.arange(layout.seq_length, device=masks.spatial.device)
+        return DecodeTables(positions, masks.spatial, masks.temporal, columns)
+
+    def new_cache(self, tables: DecodeTables, text_pad: torch.Tensor) -> KVCache:
+        """An empty cache for a batch of sequences (text_pad (B, L)) that `tables` describes, for its channels."""
+        channels = ("spatial",) if tables.temporal is None else ("spatial", "temporal")
+        shape = (self.config.depth, text_pad.shape[0], self.config.heads, tables.positions.shape[0],
+                 self.config.head_dim)
+        return KVCache(channels, shape, self.head.weight, text_pad)
 
     def _stage_tensors(self, layout: SequenceLayout, stage: Stage,
                        device: torch.device) -> tuple[StageMasks, torch.Tensor]:
@@ -217,9 +253,10 @@ class Generator(nn.Module):
                 torch.tensor(stage.plan(layout).frame_positions, device=device))
         return self._stage_cache[key]
 
-    def _position_embedding(self, layout: SequenceLayout, stage: Stage, frame_positions: torch.Tensor) -> torch.Tensor:
+    def _position_embedding(self, layout: SequenceLayout, stage: Stage,
+                            frame_positions: torch.Tensor | None) -> torch.Tensor:
         """(S, D): prefix positions; per slot BOI / (row, column) embeddings plus, in a video stage, the
-        frame-index embedding of the slot's true frame (`frame_positions` (T,))."""
+        frame-index embedding of the slot's true frame (`frame_positions` (T,); unused in the image stage)."""
         height, width = layout.grid
         codes = (self.row_embedding[:, None] + self.column_embedding[None, :]).reshape(height * width, -1)
         slot = torch.cat([self.boi_embedding[None], codes])  # (1 + h*w, D)
@@ -256,6 +293,12 @@ class Generator(nn.Module):
             if value.shape != parameters[name].shape:
                 raise ValueError(f"{name}: shape {tuple(value.shape)}, expected {tuple(parameters[name].shape)}")
             parameters[name].copy_(value)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean mask (B, K, S') -> (B, 1, K, S') additive attention bias, 0 where allowed and -inf elsewhere: made once
+    per pass instead of once per layer and channel."""
+    return torch.full(mask.shape, float("-inf"), dtype=dtype, device=mask.device).masked_fill_(mask, 0.0)[:, None]
 
 
 def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayout,

@@ -1,27 +1,34 @@
 """Frame generation loops: text-to-image, key frames, and interpolation rounds.
 
-All three share one loop: the known part of the sequence (prefix and given frames) is fed in one pass, then
-one code per step, batched over samples; the BOI of each new slot is known and fed with the last code of
-the slot before. With classifier-free guidance the unconditional pass (the same tokens with the whole text
-masked as padding) rides in the same batch. Random numbers come from one torch.Generator seeded by the sampler's
-seed, drawn in the same order with and without the KV cache, so both give identical codes.
+All three share one loop: the known part of the sequence (prefix and given frames) is fed in one pass (the prefill),
+then the passes of a `schedule.Schedule`, batched over samples: each pass feeds some query positions and draws the
+code after each query that predicts one (one code per pass in `sequential` order, several frames and rows per pass in
+`exact` and `diagonal` modes). With classifier-free guidance the unconditional pass (the same tokens with the whole
+text masked as padding) rides in the same batch. Each code has its own random numbers (`knobs.code_noise`, drawn from
+the sampler's seeded torch.Generator in the sequential order of the codes), so every exact mode draws the same codes,
+with and without the KV cache.
+
+Cached passes run `Generator.decode` over a static `KVCache` (static shapes, no host synchronisation); uncached
+passes, the reference, rerun the whole sequence (`Generator.forward`) for exact modes.
 
 A loop takes the model, a `Condition` (what the sequences are conditioned on: text ids, pad mask, rate token, BOI
-id), the given frames and a `Sampler` (how codes are drawn: knobs, seed, cache, image expert). Both are checked
-where they are made; the per-code loop checks nothing and makes no host synchronisation.
+id), the given frames and a `Sampler` (how codes are drawn: knobs, decode mode, seed, cache, image expert). Both are
+checked where they are made; the per-pass loop checks nothing and makes no host synchronisation.
 
-An image expert (`ImageExpert`: another text-to-image export of the same layout, e.g. one trained longer than the
-frozen spatial channel the video stages stand on) can join every loop: each code is then drawn from
-p_model * p_expert**w (a product of experts; w = `knobs.expert_weight`), the expert seeing the text and the codes of
-the slot being filled, as the image stage does.
+An image expert (another text-to-image export of the same layout, e.g. one trained longer than the frozen spatial
+channel the video stages stand on) can join every loop: each code is then drawn from p_model * p_expert**w (a product
+of experts; w = `knobs.expert_weight`), the expert seeing the text and the codes of the slot being filled, as the image
+stage does. It decodes the generated slots side by side, each as its own image, with the same passes.
 
-Knows the generator's forward and the stage registry; does not know text tokenization or the frame tokenizer.
-The hierarchy (frame 0 -> key frames -> interpolation 5 -> 9 -> 17 -> 33) is CogVideo's (Hong et al. 2023,
-section 3.1).
+Knows the generator's forward and decode, the stage registry and the schedules; does not know text tokenization or
+the frame tokenizer. The hierarchy (frame 0 -> key frames -> interpolation 5 -> 9 -> 17 -> 33) is CogVideo's
+(Hong et al. 2023, section 3.1).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +36,11 @@ import torch
 from cogvideo_lite.model.cache import KVCache
 from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, Stage, interpolation_positions
-from cogvideo_lite.model.transformer import Generator
-from cogvideo_lite.sample.knobs import SamplingKnobs, guided_logits, sample_token
+from cogvideo_lite.model.transformer import DecodeTables, Generator
+from cogvideo_lite.sample.knobs import SamplingKnobs, code_noise, guided_logits, is_greedy, sample_token
+from cogvideo_lite.sample.schedule import Pass, Schedule, parse_mode, schedule
 
+logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Condition:
@@ -54,44 +63,22 @@ class Condition:
 
 @dataclass(frozen=True)
 class Sampler:
-    """How codes are drawn: the knobs, the seed of the loop's torch.Generator, cached (fast) or uncached (the
-    reference) decoding, and the image expert that joins where knobs.expert_weight > 0."""
+    """How codes are drawn: the knobs (decode mode included), the seed of the loop's torch.Generator, cached (fast) or
+    uncached (the reference, exact modes only) decoding, the image expert that joins where knobs.expert_weight > 0,
+    and whether cached passes on a CUDA device run as captured CUDA graphs (`_GraphedDecode`)."""
 
     knobs: SamplingKnobs
     seed: int = 0
     use_cache: bool = True
     expert: Generator | None = None
+    cuda_graphs: bool = True  # on a CUDA device, replay each cached pass as a captured graph
 
     def __post_init__(self) -> None:
         if self.knobs.expert_weight > 0 and self.expert is None:
             raise ValueError(f"expert_weight={self.knobs.expert_weight}: no image expert was given to join")
-
-
-class ImageExpert:
-    """An image-stage model that scores the codes of one slot at a time: `begin` feeds the text, rate token and BOI
-    and returns its logits for the slot's first code; `advance` feeds one code and returns the logits for the next.
-    Its KV cache holds one slot and is started afresh for every slot."""
-
-    def __init__(self, model: Generator, layout: SequenceLayout) -> None:
-        if model.training:
-            raise ValueError("call expert.eval() before generating (dropout would make sampling differ)")
-        if (model.layout.text_length, model.layout.grid, model.layout.vocab_size) != (
-                layout.text_length, layout.grid, layout.vocab_size):
-            raise ValueError(f"image expert: its layout (text {model.layout.text_length}, grid {model.layout.grid}, "
-                             f"vocabulary {model.layout.vocab_size}) differs from the model's (text "
-                             f"{layout.text_length}, grid {layout.grid}, vocabulary {layout.vocab_size})")
-        self.model = model
-        self.cache: KVCache | None = None
-        self.text_pad: torch.Tensor | None = None
-
-    def begin(self, prefix: torch.Tensor, text_pad: torch.Tensor, boi: torch.Tensor) -> torch.Tensor:
-        """prefix (B, L + 1) text and rate ids, boi (B, 1) -> logits (B, V) of the slot's first code."""
-        self.cache, self.text_pad = self.model.new_cache(prefix.shape[0], 1, IMAGE), text_pad
-        return self.model(torch.cat([prefix, boi], dim=1), text_pad, IMAGE, cache=self.cache)[:, -1]
-
-    def advance(self, token: torch.Tensor) -> torch.Tensor:
-        """token (B,) joint-vocabulary id of the code just drawn -> logits (B, V) of the next code."""
-        return self.model(token[:, None], self.text_pad, IMAGE, cache=self.cache)[:, -1]
+        if not self.use_cache and not parse_mode(self.knobs.decode).is_exact:
+            raise ValueError(f"decode mode {self.knobs.decode}: an approximate mode decodes through the KV cache "
+                             "only (what a query saw depends on when it ran); use an exact mode without the cache")
 
 
 def generate_image(model: Generator, condition: Condition, sampler: Sampler) -> torch.Tensor:
@@ -141,48 +128,205 @@ def interpolate(model: Generator, condition: Condition, frames: torch.Tensor, sa
 def _generate(model: Generator, layout: SequenceLayout, stage: Stage, condition: Condition, given: torch.Tensor,
               sampler: Sampler) -> torch.Tensor:
     """Fill the slots after the `given` ones (B, k, h, w). Returns codes (B, T, h, w)."""
-    if model.training:
-        raise ValueError("call model.eval() before generating (dropout would make sampling differ)")
+    if model.training or (sampler.expert is not None and sampler.expert.training):
+        raise ValueError("call model.eval() (and expert.eval()) before generating (dropout would make sampling differ)")
     knobs = sampler.knobs
-    scorer = ImageExpert(sampler.expert, layout) if knobs.expert_weight > 0 else None
     batch, num_given = given.shape[:2]
-    guided = knobs.guidance_scale != 1
-    placeholder = torch.zeros(batch, 1, *layout.grid, dtype=torch.long, device=given.device)
-    known = layout.with_frames(max(num_given, 1)).assemble(  # validates every part
-        condition.text_ids, condition.fps_ids, given if num_given else placeholder, condition.boi_id)
-    known = known[:, :layout.prefix_length + num_given * layout.slot_length]
-    boi = known.new_full((batch, 1), condition.boi_id)
-    sequence, text_pad = torch.cat([known, boi], dim=1), condition.text_pad  # (B, P + 1)
+    plan = schedule(layout, stage, model.config.temporal_window, num_given, parse_mode(knobs.decode))
+    unknown = given.new_zeros(batch, layout.num_frames - num_given, *layout.grid)  # filler until drawn
+    tokens = layout.assemble(condition.text_ids, condition.fps_ids, torch.cat([given, unknown], dim=1),
+                             condition.boi_id)  # (B, S), validates every part; every BOI in place
+    text_pad, guided = condition.text_pad, knobs.guidance_scale != 1
     if guided:  # the unconditional pass sees no text at all
-        sequence, text_pad = sequence.repeat(2, 1), torch.cat([text_pad, torch.ones_like(text_pad)])
-    cache = model.new_cache(sequence.shape[0], layout.num_frames, stage) if sampler.use_cache else None
-    generator = torch.Generator(device=sequence.device).manual_seed(sampler.seed)
-    num_new = sequence.shape[1]
-    for slot in range(num_given, layout.num_frames):
-        if scorer is not None:
-            expert_logits = scorer.begin(known[:, :layout.prefix_length], text_pad[:batch], boi)
-        for index in range(layout.tokens_per_frame):
-            logits = _next_logits(model, layout, stage, sequence, num_new, text_pad, cache)  # (B or 2B, V)
-            if guided:
-                logits = guided_logits(logits[:batch], logits[batch:], knobs.guidance_scale)
-            if scorer is not None:  # log p_model + w log p_expert, up to a constant per row
-                logits = logits.log_softmax(-1) + knobs.expert_weight * expert_logits.log_softmax(-1)
-            code = sample_token(logits, knobs, generator)  # (B,)
-            if scorer is not None and index < layout.tokens_per_frame - 1:
-                expert_logits = scorer.advance(code + layout.image_offset)
-            new = [code + layout.image_offset]
-            if index == layout.tokens_per_frame - 1 and slot < layout.num_frames - 1:
-                new.append(boi[:, 0])  # the next slot begins
-            new_tokens = torch.stack(new, dim=1).repeat(2 if guided else 1, 1)
-            sequence, num_new = torch.cat([sequence, new_tokens], dim=1), new_tokens.shape[1]
-    return layout.extract_codes(sequence[:batch])
+        tokens, text_pad = tokens.repeat(2, 1), torch.cat([text_pad, torch.ones_like(text_pad)])
+    graphs = sampler.use_cache and sampler.cuda_graphs and tokens.device.type == "cuda"
+    width = max(len(step.positions) for step in plan.passes) if graphs else None  # one query count: one graph
+    passes = [_PassTensors.of(step, tokens.device, width) for step in plan.passes]
+    if sampler.use_cache:
+        decoder = _CachedDecoder(model, layout, stage, tokens, text_pad, plan, passes[0] if graphs else None)
+    else:
+        decoder = _UncachedDecoder(model, stage, text_pad)
+    expert = None if knobs.expert_weight == 0 else _CachedExpert(
+        sampler.expert, layout, num_given, tokens[:batch], text_pad[:batch], passes[0] if graphs else None) \
+        if sampler.use_cache else _UncachedExpert(sampler.expert, layout, text_pad[:batch])
+    noise = None if is_greedy(knobs) else _Noise(sampler.seed, batch, layout.codebook_size, tokens.device)
+    for step, on_device in zip(plan.passes, passes):
+        logits = decoder.logits(tokens, on_device)  # (B or 2B, D, V) for the D codes the pass draws
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if guided:
+            logits = guided_logits(logits[:batch], logits[batch:], knobs.guidance_scale)
+        if expert is not None:  # log p_model + w log p_expert, up to a constant per row
+            logits = logits.log_softmax(-1) + knobs.expert_weight * expert.logits(tokens, on_device).log_softmax(-1)
+        codes = sample_token(logits.flatten(0, 1), knobs, None if noise is None else noise.take(step.order))
+        new = codes.view(batch, -1) + layout.image_offset  # (B, D)
+        tokens.index_copy_(1, on_device.targets, new.repeat(2, 1) if guided else new)
+    return layout.extract_codes(tokens[:batch])
 
 
-def _next_logits(model: Generator, layout: SequenceLayout, stage: Stage, sequence: torch.Tensor, num_new: int,
-                 text_pad: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-    """Logits (B, V) at the last position of `sequence` (B, C). Cached: feed the `num_new` newest tokens.
-    Uncached: run the whole sequence, padded with filler tokens that the last position cannot see."""
-    if cache is not None:
-        return model(sequence[:, -num_new:], text_pad, stage, cache=cache)[:, -1]
-    filler = sequence.new_zeros(sequence.shape[0], layout.seq_length - sequence.shape[1])
-    return model(torch.cat([sequence, filler], dim=1), text_pad, stage)[:, sequence.shape[1] - 1]
+@dataclass(frozen=True)
+class _PassTensors:
+    """A `schedule.Pass` as int64 tensors on the device, made before the loop. Padded to `width` queries (for one
+    captured graph) by repeating the last query: it writes the same key and value to the same position again."""
+
+    positions: torch.Tensor  # (K,)
+    sources: torch.Tensor  # (K,)
+    shown: torch.Tensor  # (K',)
+    draws: torch.Tensor | None  # (D,) indices into the K queries; None when every query draws
+    draw_positions: torch.Tensor  # (D,)
+    targets: torch.Tensor  # (D,)
+    key_limit: int | None  # the last query position + 1 (no query sees further); None for a captured graph
+
+    @classmethod
+    def of(cls, step: Pass, device: torch.device, width: int | None = None) -> _PassTensors:
+        padding = 0 if width is None else width - len(step.positions)
+        lists = (step.positions + step.positions[-1:] * padding, step.sources + step.sources[-1:] * padding,
+                 step.shown, step.draws, tuple(step.positions[index] for index in step.draws), step.targets)
+        flat = torch.tensor([value for values in lists for value in values], dtype=torch.long, device=device)
+        positions, sources, shown, draws, draw_positions, targets = flat.split([len(values) for values in lists])
+        return cls(positions, sources, shown, None if len(step.draws) == len(positions) else draws,
+                   draw_positions, targets, None if width is not None else max(step.positions) + 1)
+
+
+class _Noise:
+    """Each code's noise (`code_noise`, (B, V)), drawn from a generator seeded with `seed` in the sequential order of
+    the codes, on first use, and dropped once used: the numbers the one-code-per-pass sampler (and torch.multinomial
+    before it) draws, in any order of passes."""
+
+    def __init__(self, seed: int, rows: int, vocab_size: int, device: torch.device) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.rows, self.vocab_size = rows, vocab_size
+        self.waiting: dict[int, torch.Tensor] = {}  # drawn, not used yet
+        self.drawn = 0
+
+    def take(self, order: tuple[int, ...]) -> torch.Tensor:
+        """The noise of the codes with these sequential indices, (B * D, V) row-major like the pass's logits."""
+        for index in range(self.drawn, max(order) + 1):
+            self.waiting[index] = code_noise(self.rows, self.vocab_size, self.generator)
+        self.drawn = max(self.drawn, max(order) + 1)
+        return torch.stack([self.waiting.pop(index) for index in order], dim=1).flatten(0, 1)
+
+
+class _CachedDecoder:
+    """The model's passes through `Generator.decode` over a static KV cache, after a prefill of the known part."""
+
+    def __init__(self, model: Generator, layout: SequenceLayout, stage: Stage, tokens: torch.Tensor,
+                 text_pad: torch.Tensor, plan: Schedule, graph_first: _PassTensors | None) -> None:
+        tables = model.decode_tables(layout, stage, tokens.device)
+        self.cache = model.new_cache(tables, text_pad)
+        _prefill(model, self.cache, tables, tokens, plan.known_length)
+        self.step = _decoder(model, self.cache, tables, tokens, graph_first, 0)
+
+    def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
+        self.cache.show(step.shown)
+        logits = self.step(tokens.index_select(1, step.sources), step.positions, step.key_limit)
+        return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
+
+
+class _UncachedDecoder:
+    """The model's passes as whole-sequence forwards (the reference): positions not drawn yet hold filler, which no
+    query of an exact schedule can see."""
+
+    def __init__(self, model: Generator, stage: Stage, text_pad: torch.Tensor) -> None:
+        self.model, self.stage, self.text_pad = model, stage, text_pad
+
+    def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
+        return self.model(tokens, self.text_pad, self.stage).index_select(1, step.draw_positions)  # (B, D, V)
+
+
+class _CachedExpert:
+    """The image expert over the generated slots side by side: its sequence is the prefix and those slots, each seen
+    as an image of its own, so a position of the model's sequence is `offset` further on than in the expert's."""
+
+    def __init__(self, expert: Generator, layout: SequenceLayout, num_given: int, tokens: torch.Tensor,
+                 text_pad: torch.Tensor, graph_first: _PassTensors | None) -> None:
+        _check_expert_layout(expert, layout)
+        self.offset = num_given * layout.slot_length
+        tables = expert.image_slot_tables(layout.with_frames(layout.num_frames - num_given), tokens.device)
+        self.cache = expert.new_cache(tables, text_pad)
+        _prefill(expert, self.cache, tables, tokens, layout.prefix_length)
+        self.step = _decoder(expert, self.cache, tables, tokens, graph_first, self.offset)
+
+    def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
+        batch = self.cache.visible.shape[0]  # the conditional rows of a guided batch
+        self.cache.show(step.shown - self.offset)
+        logits = self.step(tokens[:batch].index_select(1, step.sources), step.positions - self.offset,
+                           None if step.key_limit is None else step.key_limit - self.offset)
+        return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
+
+
+class _UncachedExpert:
+    """The image expert on whole image sequences (the reference): for each code to draw, the prefix and its slot."""
+
+    def __init__(self, expert: Generator, layout: SequenceLayout, text_pad: torch.Tensor) -> None:
+        _check_expert_layout(expert, layout)
+        self.expert, self.layout, self.text_pad = expert, layout, text_pad
+
+    def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
+        layout, batch = self.layout, self.text_pad.shape[0]
+        prefix, slot_length = layout.prefix_length, layout.slot_length
+        within = (step.draw_positions - prefix) % slot_length  # (D,) the query's place in its slot
+        slot_start = step.draw_positions - within
+        columns = torch.cat([torch.arange(prefix, device=tokens.device).expand(len(within), -1),
+                             slot_start[:, None] + torch.arange(slot_length, device=tokens.device)], dim=1)
+        images = tokens[:batch, columns].flatten(0, 1)  # (B * D, prefix + slot)
+        logits = self.expert(images, self.text_pad.repeat_interleave(len(within), 0), IMAGE)
+        rows = torch.arange(images.shape[0], device=tokens.device)
+        return logits[rows, prefix + within.repeat(batch)].view(batch, len(within), -1)  # (B, D, V)
+
+
+def _decoder(model: Generator, cache: KVCache, tables: DecodeTables, tokens: torch.Tensor,
+             graph_first: _PassTensors | None, offset: int) -> Callable[..., torch.Tensor]:
+    """(tokens (B, K), positions (K,), key limit) -> logits (B, K, V) of one pass: `Generator.decode`, or its CUDA graph
+    captured on the first pass (`graph_first`, positions `offset` further on than the model's); eager where capture
+    fails."""
+    def eager(step_tokens: torch.Tensor, positions: torch.Tensor, key_limit: int | None) -> torch.Tensor:
+        return model.decode(step_tokens, positions, cache, tables, key_limit=key_limit)
+
+    if graph_first is None:
+        return eager
+    try:
+        return _GraphedDecode(eager, tokens[:cache.visible.shape[0]].index_select(1, graph_first.sources),
+                              graph_first.positions - offset)
+    except RuntimeError as error:  # e.g. an operation CUDA graphs cannot hold on this build
+        logger.warning("CUDA graph capture failed (%s); decoding eagerly", error)
+        return eager
+
+
+class _GraphedDecode:
+    """One pass of fixed shapes (all S keys) captured as a CUDA graph: every launch of a pass in one replay (LlamaGen
+    and gpt-fast get the same through torch.compile's "reduce-overhead"). The inputs are copied into the graph's own
+    buffers; the cache and tables stay at their addresses, so each replay writes and reads the live cache. Captured
+    with the first pass's inputs: the capture's writes into the cache are the first replay's writes."""
+
+    def __init__(self, decode: Callable[..., torch.Tensor], tokens: torch.Tensor, positions: torch.Tensor) -> None:
+        self.tokens, self.positions = tokens.clone(), positions.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up outside the graph (kernel selection, workspace allocation)
+            decode(self.tokens, self.positions, None)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decode(self.tokens, self.positions, None)
+
+    def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, key_limit: None) -> torch.Tensor:
+        self.tokens.copy_(tokens)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        return self.logits  # overwritten by the next replay: read it before
+
+
+def _prefill(model: Generator, cache: KVCache, tables: DecodeTables, tokens: torch.Tensor, length: int) -> None:
+    """Feed positions 0 .. length - 1 (prefix and given slots) in one pass, all visible to each other."""
+    positions = torch.arange(length, device=tokens.device)
+    cache.show(positions)
+    model.decode(tokens[:cache.visible.shape[0], :length], positions, cache, tables, model.layout.prefix_length,
+                 key_limit=length)
+
+
+def _check_expert_layout(expert: Generator, layout: SequenceLayout) -> None:
+    if (expert.layout.text_length, expert.layout.grid, expert.layout.vocab_size) != (
+            layout.text_length, layout.grid, layout.vocab_size):
+        raise ValueError(f"image expert: its layout (text {expert.layout.text_length}, grid {expert.layout.grid}, "
+                         f"vocabulary {expert.layout.vocab_size}) differs from the model's (text "
+                         f"{layout.text_length}, grid {layout.grid}, vocabulary {layout.vocab_size})")

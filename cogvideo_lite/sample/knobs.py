@@ -1,12 +1,15 @@
-"""Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance and the
-weight of an image expert (`generate.py` adds its log-probabilities to the model's).
+"""Choosing the next code from logits: temperature, top-k, top-p (nucleus), classifier-free guidance, the weight of
+an image expert (`generate.py` adds its log-probabilities to the model's) and the decode mode (how many codes a pass
+of the generator draws, `schedule.py`).
 
 `SamplingKnobs` is checked once, when it is made, against the one rule table `KNOB_RULES` that also checks a bundle's
 sampling.json and the command line (`cogvideo_lite.cli`); `sample_token` trusts it and checks nothing per code.
 
 Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
 (2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
-the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman et al. (2020).
+the conditional logits bit for bit at scale 1; nucleus sampling follows Holtzman et al. (2020). A code is drawn as
+argmax(p / e) with e ~ Exp(1) per code (`code_noise`): the Gumbel-max trick in the form torch.multinomial uses, so each
+code's draw depends on its own noise alone, whichever pass draws it.
 """
 
 from __future__ import annotations
@@ -16,23 +19,27 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from cogvideo_lite.sample.schedule import MODE_FORMS, is_mode
+
 
 @dataclass(frozen=True)
 class SamplingKnobs:
     """temperature > 0; top_k None (all codes) or >= 1; top_p in (0, 1]; guidance_scale >= 0
     (1: plain conditional sampling, no unconditional pass; 0: unconditional); expert_weight >= 0 (0: no expert;
-    w > 0: every generated frame is drawn from p_model * p_expert**w, see `generate.ImageExpert`)."""
+    w > 0: every generated frame is drawn from p_model * p_expert**w, see `generate.py`); decode: a decode mode
+    (`schedule.MODE_FORMS`: sequential, exact or diagonal-R-F)."""
 
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float = 1.0
     guidance_scale: float = 1.0
     expert_weight: float = 0.0
+    decode: str = "exact"
 
     def __post_init__(self) -> None:
         problems = knob_problems({"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p,
-                                  "guidance_scale": self.guidance_scale, "expert_weight": self.expert_weight},
-                                 rule_names={"guidance_scale": "cfg"})
+                                  "guidance_scale": self.guidance_scale, "expert_weight": self.expert_weight,
+                                  "decode": self.decode}, rule_names={"guidance_scale": "cfg"})
         if problems:
             raise ValueError("invalid sampling knobs: " + "; ".join(problems))
 
@@ -71,10 +78,11 @@ KNOB_RULES: dict[str, KnobRule] = {
     "expert_weight": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0", "0 turns the expert off"),
     "interp_expert_weight": KnobRule(True, lambda v: _number(v) and v >= 0, "a number >= 0",
                                      "leave it out to use --expert-weight"),
+    "decode": KnobRule(False, is_mode, MODE_FORMS, "exact draws the codes of sequential decoding"),
 }
 # Each knob's value when neither the command line nor the bundle's `sampling.json` gives one.
 BUILTIN_KNOBS = {"temperature": 1.0, "top_k": None, "interp_top_k": None, "top_p": 1.0, "cfg": 1.0,
-                 "expert_weight": 0.0, "interp_expert_weight": None}
+                 "expert_weight": 0.0, "interp_expert_weight": None, "decode": "exact"}
 
 
 def knob_problems(knobs: Mapping[str, object], rule_names: Mapping[str, str] | None = None) -> list[str]:
@@ -147,7 +155,24 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float) -> torc
     return logits
 
 
-def sample_token(logits: torch.Tensor, knobs: SamplingKnobs, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One code per row: logits (B, V) -> (B,) int64 in [0, V), with the knobs' temperature, top-k and top-p."""
+def is_greedy(knobs: SamplingKnobs) -> bool:
+    """top-k 1: every code is the most likely one, and no noise is drawn."""
+    return knobs.top_k == 1
+
+
+def code_noise(rows: int, vocab_size: int, generator: torch.Generator) -> torch.Tensor:
+    """(rows, V) float32 Exp(1) noise for one code of each row: the numbers torch.multinomial draws from `generator` to
+    draw one code per row of float32 probabilities."""
+    return torch.empty(rows, vocab_size, device=generator.device).exponential_(generator=generator)
+
+
+def sample_token(logits: torch.Tensor, knobs: SamplingKnobs, noise: torch.Tensor | None) -> torch.Tensor:
+    """One code per row: logits (N, V) -> (N,) int64 in [0, V), with the knobs' temperature, top-k and top-p.
+
+    noise (N, V) from `code_noise`: the code is argmax(p / noise), which is torch.multinomial(p, 1) with the same
+    numbers. Greedy knobs (`is_greedy`) take the argmax and need no noise (None).
+    """
+    if is_greedy(knobs):
+        return logits.argmax(dim=-1)
     probabilities = filter_logits(logits / knobs.temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
-    return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+    return (probabilities / noise).argmax(dim=-1)

@@ -67,21 +67,26 @@ class Pipeline:
     expert: Generator | None = None
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Pipeline:
-        """Check the bundle's contracts, then build every part on `device` in eval mode."""
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu",
+             dtype: torch.dtype | None = None) -> Pipeline:
+        """Check the bundle's contracts, then build every part on `device` in eval mode; the generator stages (and the
+        expert) in `dtype`, by default bfloat16 on a GPU and float32 elsewhere (the frame tokenizer stays float32)."""
         directory, device = Path(directory), torch.device(device)
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         parts = resolve_parts(directory)
         specs = check_contracts(parts)
         image = parts[IMAGE.name]
         keyframe, interpolation = (load_stage(parts[stage.name], image, device) for stage in (KEYFRAME, INTERPOLATE))
-        return cls(directory=directory, tokenizer=load_tokenizer(parts[TOKENIZER.name], device),
-                   text=TextTokenizer.load(parts["text"]), image=load_image_model(image, device)[0],
-                   keyframe=keyframe[0], interpolate=interpolation[0], rates=tuple(specs[IMAGE]["rates"]),
+        tokenizer = load_tokenizer(parts[TOKENIZER.name], device).to(memory_format=torch.channels_last)  # faster convs
+        return cls(directory=directory, tokenizer=tokenizer,
+                   text=TextTokenizer.load(parts["text"]), image=load_image_model(image, device)[0].to(dtype),
+                   keyframe=keyframe[0].to(dtype), interpolate=interpolation[0].to(dtype),
+                   rates=tuple(specs[IMAGE]["rates"]),
                    device=device, keyframe_makes_first_frame=bool(keyframe[1].get("learns_first_frame", False)),
                    steady_margins={stage: Provenance.of_export(specs[stage]).steady_margin
                                    for stage in (KEYFRAME, INTERPOLATE)},
                    recommended_knobs=read_recommended_knobs(directory),
-                   expert=load_image_model(parts["expert"], device)[0] if "expert" in parts else None)
+                   expert=load_image_model(parts["expert"], device)[0].to(dtype) if "expert" in parts else None)
 
     @property
     def num_key_frames(self) -> int:
@@ -205,15 +210,17 @@ def derive_seed(seed: int, batch_index: int, step: int) -> int:
 
 def generate_videos(pipeline: Pipeline, request: Request, knobs: SamplingKnobs,
                     interpolation_knobs: SamplingKnobs | None = None, batch_size: int = 8, use_cache: bool = True,
-                    progress: bool = True, on_step: StepObserver | None = None) -> list[Video]:
+                    progress: bool = True, cuda_graphs: bool = True,
+                    on_step: StepObserver | None = None) -> list[Video]:
     """The request's videos, prompt by prompt. interpolation_knobs: the rounds' own knobs (default `knobs`); greedy
     in-betweens (top_k=1) stay on the line between their neighbours while the key frames keep their variety.
-    on_step: called with a `Step` after every generation step of every batch."""
+    cuda_graphs: on a GPU, replay cached passes as CUDA graphs (`Sampler`). on_step: called with a `Step` after every
+    generation step of every batch."""
     interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
     _check(pipeline, request, (knobs, interpolation_knobs), batch_size)
     condition = pipeline.condition(request.prompts, request.key_rate)  # (P, L)
     init_codes = None if request.init_codes is None else request.init_codes.to(pipeline.device)
-    samplers = tuple(Sampler(value, use_cache=use_cache, expert=pipeline.expert)
+    samplers = tuple(Sampler(value, use_cache=use_cache, expert=pipeline.expert, cuda_graphs=cuda_graphs)
                      for value in (knobs, interpolation_knobs))
 
     pairs = [(prompt, sample) for prompt in range(len(request.prompts)) for sample in range(request.num_samples)]

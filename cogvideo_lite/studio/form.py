@@ -18,7 +18,7 @@ from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, SamplingKnobs,
 from cogvideo_lite.sample.pipeline import Pipeline, max_rounds
 from cogvideo_lite.text import EXAMPLE_PROMPT, blank_prompt_problem, not_utf8, prompt_token_problem
 
-KNOB_NAMES = tuple(BUILTIN_KNOBS)  # temperature, top_k, interp_top_k, top_p, cfg, expert_weight, interp_expert_weight
+KNOB_NAMES = tuple(BUILTIN_KNOBS)  # temperature, top_k, interp_top_k, top_p, cfg, expert_weight, ..., decode
 FIELDS = ("prompt", "seed", "fps", "rounds", *KNOB_NAMES)
 MAX_SEED = 2 ** 63 - 1  # the largest seed torch.Generator.manual_seed takes
 EXAMPLE_BODY = json.dumps({"prompt": EXAMPLE_PROMPT})
@@ -44,7 +44,7 @@ class GenerationRequest:
         """(knobs of frame 0 and the key frames, knobs of the interpolation rounds), as sample.py builds them."""
         knobs = SamplingKnobs(temperature=self.knobs["temperature"], top_k=self.knobs["top_k"],
                               top_p=self.knobs["top_p"], guidance_scale=self.knobs["cfg"],
-                              expert_weight=self.knobs["expert_weight"])
+                              expert_weight=self.knobs["expert_weight"], decode=self.knobs["decode"])
         return knobs, interpolation_knobs(knobs, self.knobs["interp_top_k"], self.knobs["interp_expert_weight"])
 
 

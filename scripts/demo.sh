@@ -30,7 +30,7 @@ if [ "$FROM_SCRATCH" = 0 ]; then
 fi
 
 RUNS=runs/demo
-DATA=data/shapes-demo
+DATA=data/shapes-demo-1k
 mkdir -p "$RUNS"
 START=$SECONDS
 # The from-scratch recipe is sized for minutes on 2 CPU cores: a narrower generator (dim 128 instead of tiny's 256),
@@ -39,7 +39,7 @@ START=$SECONDS
 # window, the change weight and the two lowest clip rates (README, "Training"), which made key frames move on the CPU
 # (BENCHMARKS).
 echo "[demo] 1/7 built-in dataset -> $DATA"
-[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 400 --seed 1 --fps 8 --workers 2 \
+[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 1000 --seed 1 --fps 8 --workers 2 \
     --overwrite
 
 TOKENIZER="$SHIPPED/tokenizer"
@@ -66,14 +66,14 @@ COMMON=(--overwrite --set data.shards=$RUNS/shards --set model.dim=128 --set tra
         --set train.lr=2e-3 --set train.warmup_steps=50 --set train.log_every=25 --set train.save_every=100)
 echo "[demo] 5/7 image stage"
 $PY train.py --config configs/image_tiny.yaml "${COMMON[@]}" --set run_dir=$RUNS/image \
-    --set train.steps=700 --set train.micro_batch=64
+    --set train.steps=800 --set train.micro_batch=64
 VIDEO=("${COMMON[@]}" --set image_checkpoint=$RUNS/image --set train.micro_batch=16)
 echo "[demo] 6/7 key-frame and interpolation stages, side by side (the interpolation log: $RUNS/interpolate.log)"
 OMP_NUM_THREADS=1 $PY train.py --config configs/interpolate_tiny.yaml "${VIDEO[@]}" --set run_dir=$RUNS/interpolate \
-    --set train.steps=250 > "$RUNS/interpolate.log" 2>&1 &
+    --set train.steps=300 > "$RUNS/interpolate.log" 2>&1 &
 INTERPOLATE=$!
 OMP_NUM_THREADS=1 $PY train.py --config configs/keyframe_tiny.yaml "${VIDEO[@]}" --set run_dir=$RUNS/keyframe \
-    --set train.steps=500 --set "model.temporal_window=[4,1,1]" --set change_weight=4 --set "data.rates=[1,2]"
+    --set train.steps=600 --set "model.temporal_window=[4,1,1]" --set change_weight=4 --set "data.rates=[1,2]"
 if ! wait $INTERPOLATE; then
     tail -n 20 "$RUNS/interpolate.log" >&2
     echo "[demo] the interpolation stage failed; its log: $RUNS/interpolate.log" >&2

@@ -89,10 +89,9 @@ def build_random_bundle(root: Path, size: str, window: tuple[int, int, int] | No
     return root
 
 
-def video(pipeline: Pipeline, batch: int, rounds: int, use_cache: bool, knobs: SamplingKnobs = KNOBS,
-          cuda_graphs: bool = True) -> None:
+def video(pipeline: Pipeline, batch: int, rounds: int, use_cache: bool, knobs: SamplingKnobs = KNOBS) -> None:
     generate_videos(pipeline, Request([PROMPT], KEY_RATE, rounds, num_samples=batch), knobs, batch_size=batch,
-                    use_cache=use_cache, progress=False, cuda_graphs=cuda_graphs)
+                    use_cache=use_cache, progress=False)
 
 
 def video_passes(pipeline: Pipeline, mode: str, rounds: int) -> int:
@@ -201,6 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         pipeline = Pipeline.load(build_random_bundle(Path(scratch), args.size, window), device,
                                  torch.float32 if args.fp32 else None)
+        pipeline.cuda_graphs = graphs
         for mode in args.modes:
             knobs = replace(KNOBS, decode=mode)
             cases = [(batch, FULL_ROUNDS, True, args.warmup, args.repeats, knobs) for batch in args.batches]
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             if parse_mode(mode).is_exact:
                 cases.append((1, args.uncached_rounds, False, 0, args.uncached_repeats, knobs))
             for batch, rounds, use_cache, warmup, repeats, case in cases:
-                timing = measure(lambda: video(pipeline, batch, rounds, use_cache, case, graphs), warmup, repeats,
+                timing = measure(lambda: video(pipeline, batch, rounds, use_cache, case), warmup, repeats,
                                  sync)
                 rows.append({"mode": mode, "cache": "yes" if use_cache else "no", "expert": case.expert_weight,
                              "batch": batch, "frames": frames_after(rounds),

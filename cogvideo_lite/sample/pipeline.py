@@ -65,6 +65,8 @@ class Pipeline:
     recommended_knobs: dict[str, float | int | None] = field(default_factory=dict)
     # the bundle's optional image expert (`expert/`): joins the frame loops where knobs.expert_weight > 0
     expert: Generator | None = None
+    # on a GPU, replay cached passes as CUDA graphs (`Sampler`); False runs them eagerly (benchmarks compare both)
+    cuda_graphs: bool = True
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu",
@@ -210,17 +212,16 @@ def derive_seed(seed: int, batch_index: int, step: int) -> int:
 
 def generate_videos(pipeline: Pipeline, request: Request, knobs: SamplingKnobs,
                     interpolation_knobs: SamplingKnobs | None = None, batch_size: int = 8, use_cache: bool = True,
-                    progress: bool = True, cuda_graphs: bool = True,
-                    on_step: StepObserver | None = None) -> list[Video]:
+                    progress: bool = True, on_step: StepObserver | None = None) -> list[Video]:
     """The request's videos, prompt by prompt. interpolation_knobs: the rounds' own knobs (default `knobs`); greedy
     in-betweens (top_k=1) stay on the line between their neighbours while the key frames keep their variety.
-    cuda_graphs: on a GPU, replay cached passes as CUDA graphs (`Sampler`). on_step: called with a `Step` after every
-    generation step of every batch."""
+    on_step: called with a `Step` after every generation step of every batch."""
     interpolation_knobs = knobs if interpolation_knobs is None else interpolation_knobs
     _check(pipeline, request, (knobs, interpolation_knobs), batch_size)
     condition = pipeline.condition(request.prompts, request.key_rate)  # (P, L)
     init_codes = None if request.init_codes is None else request.init_codes.to(pipeline.device)
-    samplers = tuple(Sampler(value, use_cache=use_cache, expert=pipeline.expert, cuda_graphs=cuda_graphs)
+    samplers = tuple(Sampler(value, use_cache=use_cache, expert=pipeline.expert,
+                             cuda_graphs=pipeline.cuda_graphs)
                      for value in (knobs, interpolation_knobs))
 
     pairs = [(prompt, sample) for prompt in range(len(request.prompts)) for sample in range(request.num_samples)]

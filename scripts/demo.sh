@@ -33,11 +33,11 @@ RUNS=runs/demo
 DATA=data/shapes-demo-1k
 mkdir -p "$RUNS"
 START=$SECONDS
-# The from-scratch recipe is sized for minutes on 2 CPU cores: a narrower generator (dim 128 instead of tiny's 256),
-# bf16 where this CPU multiplies faster in it, a high learning rate with a short warm-up, and the two video stages
-# trained side by side, one core each (both only read the frozen image stage). The key-frame stage uses the local temporal
-# window, the change weight and the two lowest clip rates (README, "Training"), which made key frames move on the CPU
-# (BENCHMARKS).
+# The from-scratch recipe is sized for minutes on 2 CPU cores (BENCHMARKS, "From scratch in minutes"): a narrower
+# generator (dim 128 instead of tiny's 256), bf16 where this CPU multiplies faster in it, a high learning rate with a
+# short warm-up, and the two video stages trained side by side, one core each (both only read the frozen image stage).
+# The key-frame stage uses the local temporal window, the change weight and the two lowest clip rates (README,
+# "Training").
 echo "[demo] 1/7 built-in dataset -> $DATA"
 [ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 1000 --seed 1 --fps 8 --workers 2 \
     --overwrite
@@ -72,6 +72,7 @@ echo "[demo] 6/7 key-frame and interpolation stages, side by side (the interpola
 OMP_NUM_THREADS=1 $PY train.py --config configs/interpolate_tiny.yaml "${VIDEO[@]}" --set run_dir=$RUNS/interpolate \
     --set train.steps=300 > "$RUNS/interpolate.log" 2>&1 &
 INTERPOLATE=$!
+trap 'kill $INTERPOLATE 2>/dev/null || true' EXIT  # a failed key-frame stage leaves no training behind
 OMP_NUM_THREADS=1 $PY train.py --config configs/keyframe_tiny.yaml "${VIDEO[@]}" --set run_dir=$RUNS/keyframe \
     --set train.steps=600 --set "model.temporal_window=[4,1,1]" --set change_weight=4 --set "data.rates=[1,2]"
 if ! wait $INTERPOLATE; then

@@ -39,8 +39,8 @@ START=$SECONDS
 # The key-frame stage uses the local temporal window, the change weight and the two lowest clip rates (README,
 # "Training").
 echo "[demo] 1/7 built-in dataset -> $DATA"
-[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 1000 --seed 1 --fps 8 --workers 2 \
-    --overwrite
+[ -f "$DATA/captions.jsonl" ] || $PY -m cogvideo_lite.data.shapes --out "$DATA" --clips 1000 --seed 1 --fps 8 \
+    --workers 2 --overwrite
 
 TOKENIZER="$SHIPPED/tokenizer"
 if [ "$TRAIN_TOKENIZER" = 1 ]; then
@@ -87,5 +87,6 @@ $PY -m cogvideo_lite.bundle --out "$RUNS/bundle" --tokenizer "$TOKENIZER" --text
     --image "$RUNS/image/model" --keyframe "$RUNS/keyframe/model" --interpolate "$RUNS/interpolate/model" \
     --recommend top_k=20 --recommend interp_top_k=1
 $PY sample.py --ckpt "$RUNS/bundle" --prompts "$PROMPTS" --out outputs/demo-scratch --seed 0 --overwrite
-echo "[demo] from scratch in $((SECONDS - START)) s after set-up: videos in outputs/demo-scratch/, the bundle in $RUNS/bundle"
+echo "[demo] from scratch in $((SECONDS - START)) s after set-up: videos in outputs/demo-scratch/," \
+    "the bundle in $RUNS/bundle"
 echo "[demo] measure it: $PY -m cogvideo_lite.evaluate shapes --ckpt $RUNS/bundle --seeds 1"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, SamplingKnobs, interpolation_knobs, missing_expert
-from cogvideo_lite.text import is_blank, not_utf8
+from cogvideo_lite.text import is_blank, not_utf8, parse_rates
 
 if TYPE_CHECKING:
     import torch
@@ -64,8 +64,6 @@ def write_json(path: Path | None, record: dict) -> None:
 
 def rates_argument(text: str) -> tuple[int, ...]:
     """--rates: comma-separated frame rates, each twice the one before (`text.parse_rates`), as an argparse type."""
-    from cogvideo_lite.text import parse_rates
-
     try:
         return parse_rates(text)
     except ValueError as error:

@@ -23,18 +23,12 @@ class KVCache:
                  text_pad: torch.Tensor) -> None:
         """shape (depth, B, heads, S, head_dim) per channel in `channels`, in the dtype and on the device of `like`;
         text_pad (B, L) bool, True at pads: those positions never become visible."""
-        depth, batch, _, length, _ = shape
+        _, batch, _, length, _ = shape
         self.keys = {channel: like.new_zeros(shape) for channel in channels}
         self.values = {channel: like.new_zeros(shape) for channel in channels}
         self.visible = torch.zeros(batch, length, dtype=torch.bool, device=like.device)
         self.showable = torch.ones(batch, length, dtype=torch.bool, device=like.device)  # False at text pads
         self.showable[:, :text_pad.shape[1]] = ~text_pad
-        self.depth = depth
-
-    @property
-    def length(self) -> int:
-        """S, the positions the cache holds."""
-        return self.visible.shape[1]
 
     def write(self, layer: int, channel: str, positions: torch.Tensor, keys: torch.Tensor,
               values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from cogvideo_lite.model.layout import is_count
 from cogvideo_lite.sample.schedule import MODE_FORMS, is_mode
 
 
@@ -63,14 +64,10 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 KNOB_RULES: dict[str, KnobRule] = {
     "temperature": KnobRule(False, lambda v: _number(v) and v > 0, "a number > 0", "try --temperature 1.0"),
-    "top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to keep every code"),
-    "interp_top_k": KnobRule(True, _count, "an integer >= 1", "leave it out to use --top-k"),
+    "top_k": KnobRule(True, is_count, "an integer >= 1", "leave it out to keep every code"),
+    "interp_top_k": KnobRule(True, is_count, "an integer >= 1", "leave it out to use --top-k"),
     "top_p": KnobRule(False, lambda v: _number(v) and 0 < v <= 1, "a number in (0, 1]",
                       "try --top-p 0.9, or 1 to turn it off"),
     "cfg": KnobRule(False, lambda v: _number(v) and v >= 0, "a number >= 0",

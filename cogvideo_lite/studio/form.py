@@ -1,7 +1,8 @@
 """The generation form: a JSON body -> a checked `GenerationRequest`, or a `RequestError` whose one-line message the
 page and the API show as they are.
 
-The wording is sample.py's, with the API's field names where sample.py names an option: prompt messages come from
+The wording is sample.py's, with the API's field names where sample.py names an option (a knob rule's hint and the
+missing-expert message keep sample.py's flag names): prompt messages come from
 `text.py` (the functions sample.py calls), knob messages from the knob rules of `sample/knobs.py` (which the command
 line reads too), and the frame rate and rounds follow the sentences of `cli.rate_and_rounds`. Fields left out take
 the defaults sample.py takes: the lowest rate, as many rounds as the rates allow, seed 0, and the bundle's recommended

@@ -164,8 +164,9 @@ def loss_curve(backend: str, text_pad: torch.Tensor, device: torch.device, steps
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(steps):
-        logits = model(tokens, text_pad, KEYFRAME)
-        loss = stage_loss(logits, tokens, CHECK_LAYOUT, KEYFRAME.plan(CHECK_LAYOUT).loss_slots)
+        loss_slots = KEYFRAME.plan(CHECK_LAYOUT).loss_slots
+        logits = model(tokens, text_pad, KEYFRAME, CHECK_LAYOUT.prediction_rows(loss_slots, device))
+        loss = stage_loss(logits, tokens, CHECK_LAYOUT, loss_slots)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

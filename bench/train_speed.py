@@ -96,8 +96,9 @@ def attention_pairs(config: GeneratorConfig, layout: SequenceLayout, stage: str,
 
 def generator_forward_flops(config: GeneratorConfig, layout: SequenceLayout, stage: str,
                             pairs: int | None = None) -> dict[str, float]:
-    """Forward FLOPs of one sequence, split into spatial-group weights, temporal-group weights and attention over
-    `pairs` query-key pairs (default: dense, `attention_pairs`)."""
+    """Forward FLOPs of one sequence, split into spatial-group weights (the head at the stage's loss rows, where
+    training runs it), temporal-group weights and attention over `pairs` query-key pairs (default: dense,
+    `attention_pairs`)."""
     dim, hidden, total, prefix = config.dim, int(config.dim * config.mlp_ratio), layout.seq_length, layout.prefix_length
     frame_tokens = total - prefix
     spatial_layer = (linear_flops(total, dim, 3 * dim) + linear_flops(total, dim, dim)
@@ -106,7 +107,8 @@ def generator_forward_flops(config: GeneratorConfig, layout: SequenceLayout, sta
     if REGISTRY[stage].is_video:
         temporal_layer = linear_flops(total, dim, 3 * dim) + linear_flops(frame_tokens, dim, dim)
     pairs = attention_pairs(config, layout, stage)["dense"] if pairs is None else pairs
-    return {"spatial": config.depth * spatial_layer + linear_flops(total, dim, layout.codebook_size),
+    loss_rows = len(REGISTRY[stage].plan(layout).loss_slots) * layout.tokens_per_frame
+    return {"spatial": config.depth * spatial_layer + linear_flops(loss_rows, dim, layout.codebook_size),
             "temporal": config.depth * temporal_layer,
             "attention": config.depth * 4.0 * pairs * dim}  # q k^T and the weighted sum of values: 2 + 2 per pair
 

@@ -145,7 +145,9 @@ def test_compiled_blocks_train_as_the_eager_ones():
         model.freeze_spatial()
         if compiled:
             model.compile_blocks()
-        loss = stage_loss(model(tokens, TEXT_PAD, KEYFRAME), tokens, LAYOUT, KEYFRAME.plan(LAYOUT).loss_slots)
+        loss_slots = KEYFRAME.plan(LAYOUT).loss_slots
+        loss = stage_loss(model(tokens, TEXT_PAD, KEYFRAME, LAYOUT.prediction_rows(loss_slots)), tokens, LAYOUT,
+                          loss_slots)
         loss.backward()
         results.append([loss] + [p.grad for p in model.parameters() if p.requires_grad])
     for eager, compiled in zip(*results):
@@ -181,8 +183,10 @@ def test_fifty_training_steps_give_the_same_losses_with_and_without_skipping(sta
         model.attention = backend
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
         curves[backend] = []
+        loss_slots = stage.plan(LAYOUT).loss_slots
         for _ in range(50):
-            loss = stage_loss(model(tokens, TEXT_PAD, stage), tokens, LAYOUT, stage.plan(LAYOUT).loss_slots)
+            loss = stage_loss(model(tokens, TEXT_PAD, stage, LAYOUT.prediction_rows(loss_slots)), tokens, LAYOUT,
+                              loss_slots)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -87,7 +87,8 @@ def test_keyframe_probe_measures_and_the_heldout_loss_equals_the_loss_by_hand(to
     positions = task.examples.positions
     batch = task.examples.batch(positions, [False] * len(positions), torch.device("cpu"))
     with torch.no_grad():
-        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], KEYFRAME), batch["tokens"],
+        rows = task.layout.prediction_rows(task.plan.loss_slots)
+        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], KEYFRAME, rows), batch["tokens"],
                              task.layout, task.plan.loss_slots).item()
     assert results["heldout_loss"] == pytest.approx(by_hand, rel=1e-5)
     depth = task.model.config.depth
@@ -136,6 +137,7 @@ def test_evaluate_losses_is_the_stage_loss_over_the_shards(toy, tmp_path):
                    "--device", "cpu"])
     batch = task.examples.batch(task.examples.positions, [False] * len(task.examples.positions), torch.device("cpu"))
     with torch.no_grad():
-        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], task.stage), batch["tokens"],
+        rows = task.layout.prediction_rows(task.plan.loss_slots)
+        by_hand = stage_loss(task.model.eval()(batch["tokens"], batch["text_pad"], task.stage, rows), batch["tokens"],
                              task.layout, task.plan.loss_slots).item()
     assert result["stage"] == "image" and result["losses"][str(inputs.shards)] == pytest.approx(by_hand, rel=1e-5)

@@ -58,18 +58,20 @@ class DenseMask:
 
 class SlotBlockMask(DenseMask):
     """The same mask, attended per run of query rows over only the keys the run may see: `blocks` lists (first row,
-    last row + 1, keys as a slice or an int64 index); key blocks nothing in the run sees are never computed."""
+    last row + 1, keys as a slice or an int64 index); key blocks nothing in the run sees are never computed. The runs
+    cover the query rows in order."""
 
     def __init__(self, mask: torch.Tensor, blocks: tuple[tuple[int, int, slice | torch.Tensor], ...]) -> None:
         super().__init__(mask)
         self.blocks = blocks
+        self.block_masks = [mask[:, :, first:last, keys] for first, last, keys in blocks]  # cut once, for every layer
 
     def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout: float) -> torch.Tensor:
         parts = []
-        for first, last, keys in self.blocks:
+        runs = query.split([last - first for first, last, _ in self.blocks], dim=2)  # one gradient copy, not one a run
+        for run, (_, _, keys), mask in zip(runs, self.blocks, self.block_masks):
             parts.append(F.scaled_dot_product_attention(  # (B, heads, rows, head_dim)
-                query[:, :, first:last], key[:, :, keys], value[:, :, keys],
-                attn_mask=self.mask[:, :, first:last, keys], dropout_p=dropout))
+                run, key[:, :, keys], value[:, :, keys], attn_mask=mask, dropout_p=dropout))
         return torch.cat(parts, dim=2)  # (B, heads, Q, head_dim)
 
 
@@ -127,7 +129,10 @@ class _FusedQKV(torch.autograd.Function):
 
 def fused_qkv(x: torch.Tensor, spatial: nn.Linear, temporal: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """Both channels' QKV (B, C, 3D) of x (B, C, D), from one matmul; on CPU in float32 bit for bit the separate
-    projections' (each output is the same dot product over D)."""
+    projections' (each output is the same dot product over D). Without autograd (sampling) the two projections run
+    apart: concatenating the weights on every decoding pass would cost more memory traffic than the matmul saves."""
+    if not torch.is_grad_enabled():
+        return spatial(x), temporal(x)
     return _FusedQKV.apply(x, spatial.weight, spatial.bias, temporal.weight, temporal.bias).chunk(2, dim=-1)
 
 

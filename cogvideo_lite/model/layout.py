@@ -115,6 +115,12 @@ class SequenceLayout:
         start = self.slot_start(slot)
         return slice(start, start + self.tokens_per_frame)
 
+    def prediction_rows(self, slots: tuple[int, ...], device: torch.device | str = "cpu") -> torch.Tensor:
+        """(len(slots) * tokens_per_frame,) int64 on `device`: the positions whose logits predict the codes of
+        `slots`, in slot order (a stage's loss rows)."""
+        starts = torch.tensor([self.slot_start(slot) for slot in slots], device=device)
+        return (starts[:, None] + torch.arange(self.tokens_per_frame, device=device)).flatten()
+
     def with_frames(self, num_frames: int) -> SequenceLayout:
         """The same layout with another number of frame slots (the image stage uses 1)."""
         return replace(self, num_frames=num_frames)

@@ -145,11 +145,13 @@ class Generator(nn.Module):
                 block.attention.mixing.fill_(math.log(share / (1 - share)))  # the logit: sigmoid(mixing) = share
 
     # ---------------------------------------------------------------- forward
-    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: Stage) -> torch.Tensor:
-        """Logits (B, S, codebook_size) of the codes each position predicts.
+    def forward(self, tokens: torch.Tensor, text_pad: torch.Tensor, stage: Stage,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, S, codebook_size) of the codes each position predicts, or (B, N, codebook_size) at `rows` only.
 
         tokens (B, S) int64 joint-vocabulary ids, the whole sequence of some frame count; text_pad (B, L) bool, True at
-        pads.
+        pads; rows (N,) int64 positions, e.g. the loss rows (`SequenceLayout.prediction_rows`): the head, the widest
+        matmul, then runs on those alone.
         """
         layout = self.layout.with_frames(self.layout.frames_for_length(tokens.shape[1]))
         assert tokens.dtype == torch.long and text_pad.shape == (tokens.shape[0], layout.text_length), \
@@ -165,7 +167,7 @@ class Generator(nn.Module):
         for layer, block in enumerate(blocks):
             arguments = (x, spatial_mask, temporal_mask, layout.prefix_length, layer)
             x = checkpoint(block, *arguments, use_reentrant=False) if use_checkpoint else block(*arguments)
-        return self.head(self.final_norm(x))  # (B, S, codebook_size)
+        return self.head(self.final_norm(x if rows is None else x[:, rows]))  # (B, S or N, codebook_size)
 
     def compile_blocks(self) -> None:
         """Run each block compiled (torch.compile: fused element-wise work, FlexAttention inside the graph) in the
@@ -305,24 +307,24 @@ def stage_loss(logits: torch.Tensor, tokens: torch.Tensor, layout: SequenceLayou
                loss_slots: tuple[int, ...], weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over the codes of `loss_slots`, or its `weights`-weighted mean.
 
-    logits (B, S, codebook_size) from `Generator.forward`; tokens (B, S) the same sequence; layout with the
-    sequence's frame count; loss_slots e.g. `stage.plan(layout).loss_slots`; weights (B, N) >= 0, one per code of
-    the loss slots in slot order (N = len(loss_slots) * tokens per frame), e.g. `change_weights`.
+    logits (B, N, codebook_size) at the loss rows, `Generator.forward(..., rows=layout.prediction_rows(loss_slots))`
+    (N = len(loss_slots) * tokens per frame); tokens (B, S) the sequence; layout with the sequence's frame count;
+    loss_slots e.g. `stage.plan(layout).loss_slots`; weights (B, N) >= 0, one per code of the loss slots in slot
+    order, e.g. `change_weights`.
     """
     if not loss_slots:
         raise ValueError("stage_loss needs at least one loss slot")
-    if tokens.shape[1] != layout.seq_length or logits.shape[:2] != tokens.shape:
+    expected = (tokens.shape[0], len(loss_slots) * layout.tokens_per_frame)
+    if tokens.shape[1] != layout.seq_length or logits.shape[:2] != expected:
         raise ValueError(f"stage_loss: tokens {tuple(tokens.shape)} and logits {tuple(logits.shape)} do not fit "
-                         f"a layout of {layout.num_frames} frames ({layout.seq_length} tokens)")
-    rows = torch.cat([torch.arange(layout.prediction_slice(slot).start, layout.prediction_slice(slot).stop)
-                      for slot in loss_slots]).to(logits.device)
-    predictions = logits[:, rows]  # (B, N, V): one gather, whose backward fills one gradient of the logits' size
+                         f"the loss slots {tuple(loss_slots)} of a layout of {layout.num_frames} frames "
+                         f"({layout.seq_length} tokens; logits {expected} at the loss rows expected)")
     targets = torch.cat([tokens[:, layout.code_slice(slot)] for slot in loss_slots], dim=1) - layout.image_offset
     if targets.min() < 0 or targets.max() >= layout.codebook_size:
         raise ValueError(f"loss slots {tuple(loss_slots)} hold ids that are not image codes")
     if weights is None:
-        return F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1))
-    losses = F.cross_entropy(predictions.transpose(1, 2), targets, reduction="none")  # (B, N)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, N)
     return (losses * weights).sum() / weights.sum()
 
 

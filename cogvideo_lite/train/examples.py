@@ -60,6 +60,7 @@ class StageExamples:
         for start in range(0, len(positions), LOSS_BATCH):
             chunk = positions[start:start + LOSS_BATCH]
             batch = self.batch(chunk, [False] * len(chunk), device)
-            logits = model(batch["tokens"], batch["text_pad"], self.stage)
+            rows = self.layout.prediction_rows(self.plan.loss_slots, device)
+            logits = model(batch["tokens"], batch["text_pad"], self.stage, rows)
             total += stage_loss(logits.float(), batch["tokens"], self.layout, self.plan.loss_slots).item() * len(chunk)
         return total / len(positions)

@@ -55,17 +55,18 @@ class GeneratorObjective(nn.Module):
         self.layout = layout
         self.plan = stage.plan(layout, learn_first_frame)
         self.change_weight = change_weight
+        # the positions whose logits the loss reads; not saved, moved with the module
+        self.register_buffer("loss_rows", layout.prediction_rows(self.plan.loss_slots), persistent=False)
 
     def forward(self, batch: dict[str, Any], step: int):
         tokens = batch["tokens"]  # (B, S) joint-vocabulary ids
-        logits = self.model(tokens, batch["text_pad"], self.stage)  # (B, S, codebook_size)
+        logits = self.model(tokens, batch["text_pad"], self.stage, self.loss_rows)  # (B, N, codebook_size)
         weights = None if self.change_weight == 1 else change_weights(tokens, self.layout, self.plan,
                                                                       self.change_weight)
         loss = stage_loss(logits, tokens, self.layout, self.plan.loss_slots, weights)
         with torch.no_grad():
-            slot = self.plan.loss_slots[0]
-            predicted = logits[:, self.layout.prediction_slice(slot)].argmax(-1)
-            target = tokens[:, self.layout.code_slice(slot)] - self.layout.image_offset
+            predicted = logits[:, :self.layout.tokens_per_frame].argmax(-1)  # the first loss slot
+            target = tokens[:, self.layout.code_slice(self.plan.loss_slots[0])] - self.layout.image_offset
             accuracy = (predicted == target).float().mean().item()
         return StepOutput(loss=loss, metrics={"loss": loss.item(), "accuracy": accuracy})
 

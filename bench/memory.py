@@ -17,9 +17,11 @@ Computed (parameters counted exactly on a meta-device model, nothing allocated):
   (block input, normalised input, QKV, attention output, residual, second norm, the 4 D MLP hidden before and after
   GELU); 17 D in the video stages, where a frozen linear layer saves no input (no weight gradient): block input,
   normalised input, both channels' QKV and outputs, both projections' outputs (for the mixing gradient), residual,
-  the MLP hidden before GELU; plus 2 x S x codebook for the logits and the loss. With activation checkpointing
+  the MLP hidden before GELU; plus 2 x N x codebook for the logits and the loss at the N loss rows (the head runs
+  there alone). With activation checkpointing
   (base): one D per token and layer plus one layer's full set. Attention scores are not stored (fused attention).
-  At tiny the estimate is compared with what autograd actually saved.
+  At tiny the estimate is compared with what autograd actually saved under the dense attention; the CPU's per-slot
+  attention also keeps the keys and values each spatial slot gathers (prefix and slot), about 2 D more.
 - KV cache of sampling: 2 channels x (keys, values) x depth x batch x S x D.
 """
 
@@ -68,7 +70,8 @@ def activation_elements(size: str, stage: str, text_vocab_size: int) -> int:
     per_layer = SAVED_PER_TOKEN_LAYER[REGISTRY[stage].is_video] * config.dim * tokens
     layers = (config.depth * config.dim * tokens + per_layer if config.activation_checkpointing
               else config.depth * per_layer)
-    return layers + 2 * tokens * layout.codebook_size
+    loss_rows = len(REGISTRY[stage].plan(layout).loss_slots) * layout.tokens_per_frame
+    return layers + 2 * loss_rows * layout.codebook_size
 
 
 def computed_row(size: str, stage: str, text_vocab_size: int) -> dict[str, Any]:

@@ -82,6 +82,7 @@ def test_meta_parameter_counts_match_a_real_model(size, text):
 @pytest.mark.parametrize("stage", ["image", "keyframe"])
 def test_activation_estimate_is_close_to_what_autograd_saves(stage, text):
     setup = build_generator_stage(stage, "tiny", 2, text)
+    setup.module.model.attention = "dense"  # the estimate is the GPU's: no per-slot copies of gathered keys
     saved = saved_for_backward_bytes(setup)
     estimate = 4 * 2 * activation_elements("tiny", stage, text.vocab_size)
     assert abs(estimate - saved) / saved < 0.15

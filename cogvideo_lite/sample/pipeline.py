@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite.bundle.exports import load_image_model, load_stage
+from cogvideo_lite.bundle.exports import extend_image, load_image_model
 from cogvideo_lite.bundle.parts import check_contracts, read_recommended_knobs, resolve_parts
 from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, TOKENIZER, Stage
 from cogvideo_lite.model.transformer import Generator
@@ -76,15 +76,15 @@ class Pipeline:
         directory, device = Path(directory), torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         parts = resolve_parts(directory)
-        specs = check_contracts(parts)
-        image = parts[IMAGE.name]
-        keyframe, interpolation = (load_stage(parts[stage.name], image, device) for stage in (KEYFRAME, INTERPOLATE))
+        text, specs = check_contracts(parts)  # the video stages' records of the image weights' checksum included
+        image, image_spec = load_image_model(parts[IMAGE.name], device)
+        keyframe, interpolation = (extend_image(parts[stage.name], specs[stage], image, image_spec)
+                                   for stage in (KEYFRAME, INTERPOLATE))
         tokenizer = load_tokenizer(parts[TOKENIZER.name], device).to(memory_format=torch.channels_last)  # faster convs
-        return cls(directory=directory, tokenizer=tokenizer,
-                   text=TextTokenizer.load(parts["text"]), image=load_image_model(image, device)[0].to(dtype),
-                   keyframe=keyframe[0].to(dtype), interpolate=interpolation[0].to(dtype),
+        return cls(directory=directory, tokenizer=tokenizer, text=text, image=image.to(dtype),
+                   keyframe=keyframe.to(dtype), interpolate=interpolation.to(dtype),
                    rates=tuple(specs[IMAGE]["rates"]),
-                   device=device, keyframe_makes_first_frame=bool(keyframe[1].get("learns_first_frame", False)),
+                   device=device, keyframe_makes_first_frame=bool(specs[KEYFRAME].get("learns_first_frame", False)),
                    steady_margins={stage: Provenance.of_export(specs[stage]).steady_margin
                                    for stage in (KEYFRAME, INTERPOLATE)},
                    recommended_knobs=read_recommended_knobs(directory),

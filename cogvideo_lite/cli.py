@@ -4,8 +4,9 @@
 
 What is shared: prompts files (UTF-8, a byte-order mark dropped, blank and invisible lines skipped), the device, a
 bundle loaded into a `Pipeline`, the sampling knobs (given flags, else the bundle's sampling.json, else the built-in
-values; each checked by `sample.knobs.KNOB_RULES`), the key-frame rate and interpolation rounds, integer minimums,
-frame-rate lists, and errors raised by the library named by the option they came from.
+values; `sample.knobs.resolve_knobs`), the key-frame rate and interpolation rounds (`resolve_rate_and_rounds` of
+`sample.pipeline`), integer minimums, frame-rate lists, and errors raised by the library named by the option they
+came from.
 
 Knows argparse and the library's entry points; the library below it validates nothing twice.
 """
@@ -19,13 +20,15 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, KNOB_RULES, SamplingKnobs, interpolation_knobs, missing_expert
+from cogvideo_lite.sample.knobs import BUILTIN_KNOBS, SamplingKnobs, Spelling, knobs_from, resolve_knobs
 from cogvideo_lite.text import is_blank, not_utf8, parse_rates
 
 if TYPE_CHECKING:
     import torch
 
     from cogvideo_lite.sample.pipeline import Pipeline
+
+OPTIONS = Spelling(lambda name: "--" + name.replace("_", "-"))  # messages name an input by its option: --top-k 0
 
 
 def setup_logging() -> None:
@@ -51,7 +54,7 @@ def require_at_least(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     for name, least in minimums.items():
         value = getattr(args, name, None)  # an option of another mode: absent
         if value is not None and value < least:
-            parser.error(f"--{name.replace('_', '-')} {value}: must be >= {least}")
+            parser.error(f"{OPTIONS(name, value)}: must be >= {least}")
 
 
 def write_json(path: Path | None, record: dict) -> None:
@@ -150,33 +153,20 @@ def sampling_knobs(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """The knobs of the key frames and of the interpolation rounds: each flag given, else the bundle's
     recommendation, else the built-in value; a refused value, or an expert weight without an expert, is a
     command-line error that says what it must be."""
+    given = {name: getattr(args, name) for name in BUILTIN_KNOBS if getattr(args, name) is not None}
     recommended = {} if pipeline is None else pipeline.recommended_knobs
-    for name, builtin in BUILTIN_KNOBS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, recommended.get(name, builtin))
-        rule, value = KNOB_RULES[name], getattr(args, name)
-        if not rule.allows(value):
-            parser.error(f"--{name.replace('_', '-')} {value}: must be {rule.must_be}; {rule.hint}")
-    if pipeline is not None and (error := missing_expert(args.expert_weight, args.interp_expert_weight,
-                                                         pipeline.expert is not None)):
-        parser.error(error)
-    knobs = SamplingKnobs(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance_scale=args.cfg,
-                          expert_weight=args.expert_weight, decode=args.decode)
-    return knobs, interpolation_knobs(knobs, args.interp_top_k, args.interp_expert_weight)
+    has_expert = pipeline is None or pipeline.expert is not None  # without a bundle nothing is sampled
+    with user_errors(parser, ValueError):
+        values = resolve_knobs(given, recommended, has_expert, OPTIONS)
+    vars(args).update(values)  # the arguments a command reports are the ones it used
+    return knobs_from(values)
 
 
 def rate_and_rounds(parser: argparse.ArgumentParser, rates: tuple[int, ...], rate: int | None,
                     rounds: int | None) -> tuple[int, int]:
     """The key-frame rate (--fps, default the lowest of the set) and the interpolation rounds (--rounds, default as
     many as the rates allow)."""
-    from cogvideo_lite.sample.pipeline import max_rounds
+    from cogvideo_lite.sample.pipeline import resolve_rate_and_rounds
 
-    rate = min(rates) if rate is None else rate
-    if rate not in rates:
-        parser.error(f"--fps {rate}: not a configured key-frame rate; choose one of {', '.join(map(str, rates))}")
-    allowed = max_rounds(rates, rate)
-    rounds = allowed if rounds is None else rounds
-    if not 0 <= rounds <= allowed:
-        parser.error(f"--rounds {rounds}: from {rate} fps the rates {rates} allow 0..{allowed} interpolation rounds; "
-                     f"pass --rounds {allowed} or fewer, or a lower --fps")
-    return rate, rounds
+    with user_errors(parser, ValueError):
+        return resolve_rate_and_rounds(rates, rate, rounds, OPTIONS)

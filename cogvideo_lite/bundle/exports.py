@@ -114,15 +114,21 @@ def load_stage(directory: Path, image_dir: Path | None = None, device: str | tor
         raise FileNotFoundError(f"{directory} extends the image export {image_dir}, which is missing ({weights})")
     Provenance.of_export(spec).check(Provenance(image_export=sha256_file(weights)), str(directory / SPEC_FILE),
                                      str(weights))
-    image, image_spec = load_image_model(image_dir, device)
+    return extend_image(directory, spec, *load_image_model(image_dir, device)), spec
+
+
+def extend_image(directory: Path, spec: dict[str, Any], image: Generator, image_spec: dict[str, Any]) -> Generator:
+    """The video stage export at `directory` (its generator.json `spec`) over an image model already loaded, on that
+    model's device. The caller has checked the image weights' checksum against the spec; this checks that the image
+    model has the stage's architecture and layout (but for the frame count)."""
     for key, compared in (("model", weight_fields), ("layout", lambda layout: {**layout, "num_frames": None})):
         recorded, found = compared(spec[key]), compared(image_spec[key])
         if recorded != found:
             raise CheckpointMismatch(f"{directory}: {key} {recorded} differs from the image export's {found}")
     model = Generator(GeneratorConfig(**_tuples(spec["model"])), layout_from_dict(spec["layout"]))  # its own window
     model.load_state_dict(image.state_dict(), strict=True)
-    model.load_temporal_state_dict(read_weights(Path(directory) / stage.weights_file))
-    return model.to(device).eval(), spec
+    model.load_temporal_state_dict(read_weights(Path(directory) / stage_named(spec["stage"]).weights_file))
+    return model.to(next(image.parameters()).device).eval()
 
 
 def _tuples(raw: dict[str, Any]) -> dict[str, Any]:

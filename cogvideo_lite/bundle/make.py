@@ -119,11 +119,12 @@ def _build(root: Path, out: Path, sources: dict[str, Path], bf16: bool) -> None:
             if (source.parent / file_name).is_file():
                 (root / LOGS_DIR / name).mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source.parent / file_name, root / LOGS_DIR / name / file_name)
-    image_sha256 = sha256_file(root / IMAGE.name / IMAGE.weights_file)
-    tokenizer_sha256 = sha256_file(root / TOKENIZER.name / WEIGHTS_FILE)
+    if bf16:  # the copies' checksums describe the bytes stored
+        image_sha256 = sha256_file(root / IMAGE.name / IMAGE.weights_file)
+        tokenizer_sha256 = sha256_file(root / TOKENIZER.name / WEIGHTS_FILE)
     for name in [IMAGE.name, *(stage.name for stage in VIDEO_STAGES), *(set(OPTIONAL_PARTS) & set(sources))]:
         spec = read_json_object(root / name / SPEC_FILE)
-        if bf16:  # the copies' checksums describe the bytes stored
+        if bf16:
             spec["frame_tokenizer"]["weights_sha256"] = tokenizer_sha256
             if "image_weights_sha256" in spec:
                 spec["image_weights_sha256"] = image_sha256

@@ -117,10 +117,10 @@ def _require_weights(path: Path, part: str) -> Path:
     return path
 
 
-def _read_text_spec(directory: Path) -> dict[str, Any]:
-    """The text part's text.json, loaded with its model (whose sha256 and special ids it checks)."""
+def _read_text(directory: Path) -> TextTokenizer:
+    """The text part's model, loaded with its text.json (which it checks the model's sha256 and special ids against)."""
     try:
-        return TextTokenizer.load(directory).spec
+        return TextTokenizer.load(directory)
     except FileNotFoundError:
         raise
     except KeyError as error:
@@ -165,11 +165,12 @@ def _read_stage_spec(directory: Path, stage: Stage, part: str) -> dict[str, Any]
 # Contracts
 # ----------------------------------------------------------------------------------------------------------------
 
-def check_contracts(parts: dict[str, Path]) -> dict[Stage, dict[str, Any]]:
+def check_contracts(parts: dict[str, Path]) -> tuple[TextTokenizer, dict[Stage, dict[str, Any]]]:
     """Check that the parts belong together and that every file of every part can be read (each weights file
-    opened); return the generator stage specs. Raises CheckpointMismatch naming both values, BundleError naming the
-    part and a malformed file, or FileNotFoundError naming a missing one."""
-    text_spec = _read_text_spec(parts[TEXT_PART])  # also checks the model file against text.json
+    opened); return the text model and the generator stage specs. Raises CheckpointMismatch naming both values,
+    BundleError naming the part and a malformed file, or FileNotFoundError naming a missing one."""
+    text = _read_text(parts[TEXT_PART])  # also checks the model file against text.json
+    text_spec = text.spec
     tokenizer_weights = _require_weights(parts[TOKENIZER.name] / WEIGHTS_FILE, TOKENIZER.name)
     tokenizer_config = _read_tokenizer_config(parts[TOKENIZER.name])
     specs = {stage: _read_stage_spec(parts[stage.name], stage, stage.name) for stage in GENERATOR_STAGES}
@@ -200,7 +201,7 @@ def check_contracts(parts: dict[str, Path]) -> dict[Stage, dict[str, Any]]:
     _check_frame_counts(specs, parts)
     if EXPERT_PART in parts:
         check_image_fits(parts[EXPERT_PART], image, image_where, EXPERT_PART)
-    return specs
+    return text, specs
 
 
 def check_image_fits(directory: Path, image: dict[str, Any], image_where: str, role: str) -> dict[str, Any]:

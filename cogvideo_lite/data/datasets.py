@@ -131,22 +131,18 @@ def scan_clips(root: str | Path, num_frames: int, rates: list[int], progress: bo
 
 class SeededDataset(Dataset):
     """A dataset whose item i in epoch e is a pure function of (seed, e, i); `set_epoch` changes the draw.
-    Subclasses keep their items in `items` and draw an item's randomness from `rng(index)`."""
+    Subclasses say how many items they have (`__len__`) and draw an item's randomness from `rng(index)`."""
 
-    items: list
     seed: int
     epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __len__(self) -> int:
-        return len(self.items)
-
     def rng(self, index: int) -> np.random.Generator:
         """The draw of item `index` this epoch; IndexError when there is no such item."""
-        if not 0 <= index < len(self.items):
-            raise IndexError(f"index {index} out of range for {len(self.items)} items")
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
         return np.random.default_rng([self.seed, self.epoch, index])
 
 
@@ -161,7 +157,9 @@ class ClipDataset(SeededDataset):
         _check_arguments(num_frames, rates, size, rule)
         self.num_frames, self.rates, self.size, self.rule, self.seed = num_frames, list(rates), size, rule, seed
         self.sources, self.report = scan_clips(root, num_frames, rates, progress, workers)
-        self.items = self.sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
 
     def __getitem__(self, index: int) -> dict:
         rng = self.rng(index)
@@ -267,7 +265,6 @@ class FrameDataset(SeededDataset):
         if max_files:
             files = files[:max_files]  # the first `max_files` in listing order (captions order for a dataset)
         self.frames: list[np.ndarray] = []  # each (H, W, 3) uint8, shorter side round(stored_scale * size)
-        self.items = self.frames
         self.captions: list[str] = []
         stored_side = round((augment or FrameAugment()).stored_scale * size)
         for path, caption in tqdm(files, desc="decoding frames", disable=not progress):
@@ -279,6 +276,9 @@ class FrameDataset(SeededDataset):
             self.frames.extend(stored)
             self.captions.extend([caption] * len(stored))
             self.report.good += 1
+
+    def __len__(self) -> int:
+        return len(self.frames)
 
     def __getitem__(self, index: int) -> dict:
         rng, frame = self.rng(index), self.frames[index]  # (H, W, 3) uint8

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cogvideo_lite.model.layout import count_problems
+from cogvideo_lite.model.layout import count_problems, is_integer
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class GeneratorConfig:
         window = self.temporal_window
         if window is not None:
             if (not isinstance(window, (list, tuple)) or len(window) != 3
-                    or not all(isinstance(side, int) and not isinstance(side, bool) and side >= 0 for side in window)):
+                    or not all(is_integer(side) and side >= 0 for side in window)):
                 problems.append(f"temporal_window={window!r}: expected null or three integers "
                                 "(frames, rows, cols) >= 0")
             else:

@@ -21,9 +21,14 @@ from dataclasses import dataclass, replace
 import torch
 
 
+def is_integer(value: object) -> bool:
+    """An int, not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_count(value: object) -> bool:
-    """An integer >= 1 (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    """An integer >= 1."""
+    return is_integer(value) and value >= 1
 
 
 def count_problems(owner: object, names: tuple[str, ...]) -> list[str]:

@@ -38,7 +38,7 @@ from cogvideo_lite.model.layout import SequenceLayout
 from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, Stage, interpolation_positions
 from cogvideo_lite.model.transformer import DecodeTables, Generator
 from cogvideo_lite.sample.knobs import SamplingKnobs, code_noise, guided_logits, is_greedy, sample_token
-from cogvideo_lite.sample.schedule import Pass, Schedule, parse_mode, schedule
+from cogvideo_lite.sample.schedule import Pass, parse_mode, schedule
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +142,14 @@ def _generate(model: Generator, layout: SequenceLayout, stage: Stage, condition:
     graphs = sampler.use_cache and sampler.cuda_graphs and tokens.device.type == "cuda"
     width = max(len(step.positions) for step in plan.passes) if graphs else None  # one query count: one graph
     passes = [_PassTensors.of(step, tokens.device, width) for step in plan.passes]
+    first = passes[0] if graphs else None  # the pass the CUDA graphs are captured on
     if sampler.use_cache:
-        decoder = _CachedDecoder(model, layout, stage, tokens, text_pad, plan, passes[0] if graphs else None)
+        decoder = _CachedPasses(model, model.decode_tables(layout, stage, tokens.device), tokens, text_pad,
+                                plan.known_length, 0, first)
     else:
         decoder = _UncachedDecoder(model, stage, text_pad)
-    expert = None if knobs.expert_weight == 0 else _CachedExpert(
-        sampler.expert, layout, num_given, tokens[:batch], text_pad[:batch], passes[0] if graphs else None) \
-        if sampler.use_cache else _UncachedExpert(sampler.expert, layout, text_pad[:batch])
+    expert = None if knobs.expert_weight == 0 else _expert_passes(sampler, layout, num_given, tokens,
+                                                                  text_pad[:batch], first)
     noise = None if is_greedy(knobs) else _Noise(sampler.seed, batch, layout.codebook_size, tokens.device)
     for step, on_device in zip(plan.passes, passes):
         logits = decoder.logits(tokens, on_device)  # (B or 2B, D, V) for the D codes the pass draws
@@ -206,19 +207,23 @@ class _Noise:
         return torch.stack([self.waiting.pop(index) for index in order], dim=1).flatten(0, 1)
 
 
-class _CachedDecoder:
-    """The model's passes through `Generator.decode` over a static KV cache, after a prefill of the known part."""
+class _CachedPasses:
+    """A model's passes through `Generator.decode` over a static KV cache, after a prefill of positions
+    0 .. known_length - 1. The cache holds the first rows of the batch (all of them, or for the image expert the
+    conditional rows of a guided batch), and a position of the sampled sequence is `offset` further on than in the
+    cached model's own sequence (0, or for the expert the given slots it leaves out)."""
 
-    def __init__(self, model: Generator, layout: SequenceLayout, stage: Stage, tokens: torch.Tensor,
-                 text_pad: torch.Tensor, plan: Schedule, graph_first: _PassTensors | None) -> None:
-        tables = model.decode_tables(layout, stage, tokens.device)
-        self.cache = model.new_cache(tables, text_pad)
-        _prefill(model, self.cache, tables, tokens, plan.known_length)
-        self.step = _decoder(model, self.cache, tables, tokens, graph_first, 0)
+    def __init__(self, model: Generator, tables: DecodeTables, tokens: torch.Tensor, text_pad: torch.Tensor,
+                 known_length: int, offset: int, graph_first: _PassTensors | None) -> None:
+        self.cache, self.offset = model.new_cache(tables, text_pad), offset
+        _prefill(model, self.cache, tables, tokens, known_length)
+        self.step = _decoder(model, self.cache, tables, tokens, graph_first, offset)
 
     def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
-        self.cache.show(step.shown)
-        logits = self.step(tokens.index_select(1, step.sources), step.positions, step.key_limit)
+        rows = self.cache.visible.shape[0]
+        self.cache.show(step.shown - self.offset)
+        logits = self.step(tokens[:rows].index_select(1, step.sources), step.positions - self.offset,
+                           None if step.key_limit is None else step.key_limit - self.offset)
         return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
 
 
@@ -233,32 +238,28 @@ class _UncachedDecoder:
         return self.model(tokens, self.text_pad, self.stage).index_select(1, step.draw_positions)  # (B, D, V)
 
 
-class _CachedExpert:
+def _expert_passes(sampler: Sampler, layout: SequenceLayout, num_given: int, tokens: torch.Tensor,
+                   text_pad: torch.Tensor, graph_first: _PassTensors | None) -> _CachedPasses | _UncachedExpert:
     """The image expert over the generated slots side by side: its sequence is the prefix and those slots, each seen
-    as an image of its own, so a position of the model's sequence is `offset` further on than in the expert's."""
-
-    def __init__(self, expert: Generator, layout: SequenceLayout, num_given: int, tokens: torch.Tensor,
-                 text_pad: torch.Tensor, graph_first: _PassTensors | None) -> None:
-        _check_expert_layout(expert, layout)
-        self.offset = num_given * layout.slot_length
-        tables = expert.image_slot_tables(layout.with_frames(layout.num_frames - num_given), tokens.device)
-        self.cache = expert.new_cache(tables, text_pad)
-        _prefill(expert, self.cache, tables, tokens, layout.prefix_length)
-        self.step = _decoder(expert, self.cache, tables, tokens, graph_first, self.offset)
-
-    def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
-        batch = self.cache.visible.shape[0]  # the conditional rows of a guided batch
-        self.cache.show(step.shown - self.offset)
-        logits = self.step(tokens[:batch].index_select(1, step.sources), step.positions - self.offset,
-                           None if step.key_limit is None else step.key_limit - self.offset)
-        return logits if step.draws is None else logits.index_select(1, step.draws)  # (B, D, V)
+    as an image of its own, so a position of the model's sequence is the given slots further on than in the
+    expert's. text_pad (B, L): the conditional rows only."""
+    expert = sampler.expert
+    if (expert.layout.text_length, expert.layout.grid, expert.layout.vocab_size) != (
+            layout.text_length, layout.grid, layout.vocab_size):
+        raise ValueError(f"image expert: its layout (text {expert.layout.text_length}, grid {expert.layout.grid}, "
+                         f"vocabulary {expert.layout.vocab_size}) differs from the model's (text "
+                         f"{layout.text_length}, grid {layout.grid}, vocabulary {layout.vocab_size})")
+    if not sampler.use_cache:
+        return _UncachedExpert(expert, layout, text_pad)
+    tables = expert.image_slot_tables(layout.with_frames(layout.num_frames - num_given), tokens.device)
+    return _CachedPasses(expert, tables, tokens, text_pad, layout.prefix_length, num_given * layout.slot_length,
+                         graph_first)
 
 
 class _UncachedExpert:
     """The image expert on whole image sequences (the reference): for each code to draw, the prefix and its slot."""
 
     def __init__(self, expert: Generator, layout: SequenceLayout, text_pad: torch.Tensor) -> None:
-        _check_expert_layout(expert, layout)
         self.expert, self.layout, self.text_pad = expert, layout, text_pad
 
     def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
@@ -322,11 +323,3 @@ def _prefill(model: Generator, cache: KVCache, tables: DecodeTables, tokens: tor
     cache.show(positions)
     model.decode(tokens[:cache.visible.shape[0], :length], positions, cache, tables, model.layout.prefix_length,
                  key_limit=length)
-
-
-def _check_expert_layout(expert: Generator, layout: SequenceLayout) -> None:
-    if (expert.layout.text_length, expert.layout.grid, expert.layout.vocab_size) != (
-            layout.text_length, layout.grid, layout.vocab_size):
-        raise ValueError(f"image expert: its layout (text {expert.layout.text_length}, grid {expert.layout.grid}, "
-                         f"vocabulary {expert.layout.vocab_size}) differs from the model's (text "
-                         f"{layout.text_length}, grid {layout.grid}, vocabulary {layout.vocab_size})")

@@ -3,7 +3,8 @@ an image expert (`generate.py` adds its log-probabilities to the model's) and th
 of the generator draws, `schedule.py`).
 
 `SamplingKnobs` is checked once, when it is made, against the one rule table `KNOB_RULES` that also checks a bundle's
-sampling.json and the command line (`cogvideo_lite.cli`); `sample_token` trusts it and checks nothing per code.
+sampling.json and, through `resolve_knobs`, the command line (`cogvideo_lite.cli`) and the studio; `sample_token`
+trusts it and checks nothing per code.
 
 Knows logits and knobs only; does not know the model or the sequence. Guidance follows Ho & Salimans
 (2022), written `scale * cond + (1 - scale) * uncond` (= `uncond + scale * (cond - uncond)`), which gives
@@ -107,16 +108,6 @@ def check_recommended_knobs(raw: object, where: str) -> dict[str, float | int | 
     return dict(raw)
 
 
-def missing_expert(expert_weight: float, interp_expert_weight: float | None, has_expert: bool) -> str | None:
-    """The message when an expert weight > 0 (after defaults) meets a bundle without an image expert, else None;
-    one wording for the command line and the studio."""
-    weights = [value for value in (expert_weight, interp_expert_weight) if value]
-    if weights and not has_expert:
-        return (f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert (an "
-                "expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out or at 0")
-    return None
-
-
 def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
                         interp_expert_weight: float | None = None) -> SamplingKnobs:
     """The interpolation rounds' knobs: `knobs`, with `--interp-top-k` as top-k and `--interp-expert-weight` as the
@@ -124,6 +115,45 @@ def interpolation_knobs(knobs: SamplingKnobs, interp_top_k: int | None,
     if interp_top_k is not None:
         knobs = replace(knobs, top_k=interp_top_k)
     return knobs if interp_expert_weight is None else replace(knobs, expert_weight=interp_expert_weight)
+
+
+# ---------------------------------------------------------------------------------------------------- at the edges
+@dataclass(frozen=True)
+class Spelling:
+    """How an edge names an input and its value in a message: sample.py's options (`--top-k 0`) or the studio's
+    JSON fields (`top_k 0`, the value as JSON)."""
+
+    name: Callable[[str], str]  # a knob's name (top_k), or fps, rounds -> how the edge spells it
+    value: Callable[[object], str] = str
+
+    def __call__(self, name: str, value: object) -> str:
+        return f"{self.name(name)} {self.value(value)}"
+
+
+def resolve_knobs(given: Mapping[str, object], recommended: Mapping[str, object], has_expert: bool,
+                  spelling: Spelling) -> dict[str, object]:
+    """Every knob of BUILTIN_KNOBS: its `given` value, else the bundle's `recommended` one (its sampling.json), else
+    the built-in one. A value its rule refuses (a null is a value: top_k null keeps every code), or an expert weight
+    without an image expert, is a ValueError that says what it must be."""
+    knobs = {name: given.get(name, recommended.get(name, builtin)) for name, builtin in BUILTIN_KNOBS.items()}
+    for name, value in knobs.items():
+        rule = KNOB_RULES[name]
+        if not rule.allows(value):
+            raise ValueError(f"{spelling(name, value)}: must be {rule.must_be}; {rule.hint}")
+    weights = [value for value in (knobs["expert_weight"], knobs["interp_expert_weight"]) if value]
+    if weights and not has_expert:  # worded with sample.py's options wherever it is raised
+        raise ValueError(f"--expert-weight / --interp-expert-weight {weights[0]}: this bundle has no image expert "
+                         "(an expert/ part; `python -m cogvideo_lite.bundle --expert DIR` adds one); leave them out "
+                         "or at 0")
+    return knobs
+
+
+def knobs_from(values: Mapping[str, object]) -> tuple[SamplingKnobs, SamplingKnobs]:
+    """(knobs of frame 0 and the key frames, knobs of the interpolation rounds) from every knob's value, as
+    `resolve_knobs` gives them."""
+    knobs = SamplingKnobs(temperature=values["temperature"], top_k=values["top_k"], top_p=values["top_p"],
+                          guidance_scale=values["cfg"], expert_weight=values["expert_weight"], decode=values["decode"])
+    return knobs, interpolation_knobs(knobs, values["interp_top_k"], values["interp_expert_weight"])
 
 
 # ---------------------------------------------------------------------------------------------------- drawing

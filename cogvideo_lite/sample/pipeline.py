@@ -32,13 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cogvideo_lite.bundle.exports import load_image_model, load_stage
+from cogvideo_lite.bundle.exports import extend_image, load_image_model
 from cogvideo_lite.bundle.parts import check_contracts, read_recommended_knobs, resolve_parts
+from cogvideo_lite.model.layout import is_integer
 from cogvideo_lite.model.stages import IMAGE, INTERPOLATE, KEYFRAME, TOKENIZER, Stage
 from cogvideo_lite.model.transformer import Generator
 from cogvideo_lite.provenance import Provenance
 from cogvideo_lite.sample.generate import Condition, Sampler, generate_image, generate_keyframes, interpolate
-from cogvideo_lite.sample.knobs import SamplingKnobs
+from cogvideo_lite.sample.knobs import SamplingKnobs, Spelling
 from cogvideo_lite.text import TextTokenizer
 from tokenizer.frames import to_uint8
 from tokenizer.io import load_tokenizer
@@ -76,15 +77,15 @@ class Pipeline:
         directory, device = Path(directory), torch.device(device)
         dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         parts = resolve_parts(directory)
-        specs = check_contracts(parts)
-        image = parts[IMAGE.name]
-        keyframe, interpolation = (load_stage(parts[stage.name], image, device) for stage in (KEYFRAME, INTERPOLATE))
+        text, specs = check_contracts(parts)  # the video stages' records of the image weights' checksum included
+        image, image_spec = load_image_model(parts[IMAGE.name], device)
+        keyframe, interpolation = (extend_image(parts[stage.name], specs[stage], image, image_spec)
+                                   for stage in (KEYFRAME, INTERPOLATE))
         tokenizer = load_tokenizer(parts[TOKENIZER.name], device).to(memory_format=torch.channels_last)  # faster convs
-        return cls(directory=directory, tokenizer=tokenizer,
-                   text=TextTokenizer.load(parts["text"]), image=load_image_model(image, device)[0].to(dtype),
-                   keyframe=keyframe[0].to(dtype), interpolate=interpolation[0].to(dtype),
+        return cls(directory=directory, tokenizer=tokenizer, text=text, image=image.to(dtype),
+                   keyframe=keyframe.to(dtype), interpolate=interpolation.to(dtype),
                    rates=tuple(specs[IMAGE]["rates"]),
-                   device=device, keyframe_makes_first_frame=bool(keyframe[1].get("learns_first_frame", False)),
+                   device=device, keyframe_makes_first_frame=bool(specs[KEYFRAME].get("learns_first_frame", False)),
                    steady_margins={stage: Provenance.of_export(specs[stage]).steady_margin
                                    for stage in (KEYFRAME, INTERPOLATE)},
                    recommended_knobs=read_recommended_knobs(directory),
@@ -127,7 +128,7 @@ class Request:
     def __post_init__(self) -> None:
         for name, least in (("rounds", 0), ("seed", 0), ("num_samples", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_integer(value) or value < least:
                 raise ValueError(f"{name}={value!r}: expected an integer >= {least}")
 
 
@@ -170,6 +171,23 @@ def max_rounds(rates: tuple[int, ...], key_rate: int) -> int:
     return rounds
 
 
+def resolve_rate_and_rounds(rates: tuple[int, ...], rate: object, rounds: object,
+                            spelling: Spelling) -> tuple[int, int]:
+    """The key-frame rate (default the lowest of `rates`) and the interpolation rounds (default as many as the rates
+    allow), checked: a ValueError says what they may be, naming them (fps, rounds) as the edge does."""
+    rate = min(rates) if rate is None else rate
+    if not is_integer(rate) or rate not in rates:
+        raise ValueError(f"{spelling('fps', rate)}: not a configured key-frame rate; choose one of "
+                         f"{', '.join(map(str, rates))}")
+    allowed = max_rounds(rates, rate)
+    rounds = allowed if rounds is None else rounds
+    if not is_integer(rounds) or not 0 <= rounds <= allowed:
+        raise ValueError(f"{spelling('rounds', rounds)}: from {rate} fps the rates {rates} allow 0..{allowed} "
+                         f"interpolation rounds; pass {spelling('rounds', allowed)} or fewer, or a lower "
+                         f"{spelling.name('fps')}")
+    return rate, rounds
+
+
 def _check(pipeline: Pipeline, request: Request, knobs: tuple[SamplingKnobs, SamplingKnobs], batch_size: int) -> None:
     """Everything a request can get wrong against this pipeline, before any generation."""
     allowed = max_rounds(pipeline.rates, request.key_rate)
@@ -182,7 +200,7 @@ def _check(pipeline: Pipeline, request: Request, knobs: tuple[SamplingKnobs, Sam
         if value.expert_weight and pipeline.expert is None:
             raise ValueError(f"expert_weight={value.expert_weight}: the bundle {pipeline.directory} has no image expert "
                              "(an expert/ part); leave the weight at 0")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
     codes, grid = request.init_codes, pipeline.image.layout.grid
     if codes is None:

@@ -26,7 +26,8 @@ from fastapi.staticfiles import StaticFiles
 
 from cogvideo_lite.sample.knobs import KNOB_RULES
 from cogvideo_lite.sample.pipeline import max_rounds
-from cogvideo_lite.studio.form import KNOB_NAMES, RequestError, check_knobs, parse_generation, read_json
+from cogvideo_lite.studio.form import (DEFAULT_SEED, KNOB_NAMES, RequestError, check_knobs, check_rate_and_rounds,
+                                       parse_generation, read_json)
 from cogvideo_lite.studio.worker import Job, Studio
 from cogvideo_lite.text import EXAMPLE_PROMPT
 
@@ -101,13 +102,14 @@ def create_app(studio: Studio) -> FastAPI:
 
 
 def describe(studio: Studio) -> dict:
-    """What the page needs to draw its form and its inspector."""
+    """What the page needs to draw its form and its inspector; the defaults are what a request that leaves its
+    fields out gets."""
     pipeline = studio.pipeline
     model = pipeline.interpolate.config
+    fps, rounds = check_rate_and_rounds(pipeline, None, None)
     return {"bundle": pipeline.directory.resolve().name, "rates": list(pipeline.rates),
             "max_rounds": {str(rate): max_rounds(pipeline.rates, rate) for rate in pipeline.rates},
-            "defaults": {"prompt": EXAMPLE_PROMPT, "seed": 0, "fps": min(pipeline.rates),
-                         "rounds": max_rounds(pipeline.rates, min(pipeline.rates)),
+            "defaults": {"prompt": EXAMPLE_PROMPT, "seed": DEFAULT_SEED, "fps": fps, "rounds": rounds,
                          **check_knobs(pipeline, {})},
             "knobs": list(KNOB_NAMES), "has_expert": pipeline.expert is not None,
             "nullable_knobs": [name for name in KNOB_NAMES if KNOB_RULES[name].nullable],

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from cogvideo_lite.data.media import write_gif, write_mp4
+from cogvideo_lite.model.layout import is_integer
 from cogvideo_lite.sample.pipeline import Pipeline, Request, Step, Video, decode_codes, generate_videos
 from cogvideo_lite.studio.form import GenerationRequest, RequestError
 from cogvideo_lite.studio.inspector import frame_origin, inspect_attention
@@ -210,10 +211,9 @@ class Studio:
         """The attention maps of code `position` = [row, col] of frame `frame` of a finished video."""
         stored = self.stored(video_id)
         count, (height, width) = len(stored.video.frames), self.pipeline.image.layout.grid
-        if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < count:
+        if not is_integer(frame) or not 0 <= frame < count:
             raise RequestError(f"frame {frame!r}: the video has {count} frames; choose 0..{count - 1}")
-        if not (isinstance(position, list) and len(position) == 2 and all(
-                isinstance(value, int) and not isinstance(value, bool) for value in position)
+        if not (isinstance(position, list) and len(position) == 2 and all(map(is_integer, position))
                 and 0 <= position[0] < height and 0 <= position[1] < width):
             raise RequestError(f"position {position!r}: expected [row, col] on the {height}x{width} code grid: "
                                f"row 0..{height - 1}, col 0..{width - 1}")

@@ -235,7 +235,7 @@ class _UncachedDecoder:
         self.model, self.stage, self.text_pad = model, stage, text_pad
 
     def logits(self, tokens: torch.Tensor, step: _PassTensors) -> torch.Tensor:
-        return self.model(tokens, self.text_pad, self.stage).index_select(1, step.draw_positions)  # (B, D, V)
+        return self.model(tokens, self.text_pad, self.stage, step.draw_positions)  # (B, D, V)
 
 
 def _expert_passes(sampler: Sampler, layout: SequenceLayout, num_given: int, tokens: torch.Tensor,

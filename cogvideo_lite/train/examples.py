@@ -56,11 +56,11 @@ class StageExamples:
         """The stage's loss of `model` (in eval mode) over `samples` evenly spaced examples, captions kept."""
         positions = self.positions[::max(1, len(self.positions) // samples)][:samples]
         device = next(model.parameters()).device
+        rows = self.layout.prediction_rows(self.plan.loss_slots, device)
         total = 0.0
         for start in range(0, len(positions), LOSS_BATCH):
             chunk = positions[start:start + LOSS_BATCH]
             batch = self.batch(chunk, [False] * len(chunk), device)
-            rows = self.layout.prediction_rows(self.plan.loss_slots, device)
             logits = model(batch["tokens"], batch["text_pad"], self.stage, rows)
             total += stage_loss(logits.float(), batch["tokens"], self.layout, self.plan.loss_slots).item() * len(chunk)
         return total / len(positions)
